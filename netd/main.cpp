@@ -1,0 +1,2 @@
+#include "outrider/common/version.hpp"
+int main() { return 0; }
