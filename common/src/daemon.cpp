@@ -30,7 +30,21 @@ void DaemonRuntime::stop() {
   if (onStop_) onStop_();
   signals_.cancel();
   watchdog_.cancel();
-  io_.stop();
+  if (!onStopAsync_) {
+    io_.stop();
+    return;
+  }
+  auto bound = std::make_shared<boost::asio::steady_timer>(io_, stopBound_);
+  bound->async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      LOG_WARN("{}: stop did not complete in time, stopping anyway", name_);
+      io_.stop();
+    }
+  });
+  onStopAsync_([this, bound] {
+    bound->cancel();
+    io_.stop();
+  });
 }
 
 int DaemonRuntime::run() {

@@ -17,6 +17,13 @@ class DaemonRuntime {
   boost::asio::io_context& io() { return io_; }
   /// Called on the loop when SIGTERM or SIGINT arrives, before the loop stops.
   void onStop(std::function<void()> fn) { onStop_ = std::move(fn); }
+  /// Like onStop, for work that completes later (e.g. telling the hub goodbye): the loop keeps running
+  /// until `done` is called, or at most `bound`.
+  void onStopAsync(std::function<void(std::function<void()> done)> fn,
+                   std::chrono::milliseconds bound = std::chrono::seconds(3)) {
+    onStopAsync_ = std::move(fn);
+    stopBound_ = bound;
+  }
   /// Runs the loop: sends READY=1 once running, pings the watchdog, returns after a stop signal.
   int run();
   /// Ask for a stop from inside the loop.
@@ -31,6 +38,8 @@ class DaemonRuntime {
   boost::asio::signal_set signals_;
   boost::asio::steady_timer watchdog_;
   std::function<void()> onStop_;
+  std::function<void(std::function<void()>)> onStopAsync_;
+  std::chrono::milliseconds stopBound_{3000};
   std::chrono::steady_clock::time_point started_;
   bool stopping_ = false;
 };

@@ -1,0 +1,40 @@
+#pragma once
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "outrider/agent/mqtt.hpp"
+#include "outrider/agent/processor.hpp"
+#include "outrider/agent/verifier.hpp"
+#include "outrider/common/log.hpp"
+
+namespace outrider::agent {
+
+struct HubConfig {
+  std::vector<BrokerUrl> brokers;  // tried in order: home region first
+  std::string cafile, certfile, keyfile;
+  int keepaliveS = 30;
+  std::chrono::milliseconds connectTimeout{10'000};
+  std::chrono::milliseconds backoffInitial{500};
+  std::chrono::milliseconds backoffMax{60'000};
+};
+
+struct AgentConfig {
+  std::string nodeId;
+  std::filesystem::path stateDir = "/var/lib/outrider";
+  HubConfig hub;
+  std::vector<std::string> operatorKeys;  // specs for crypto::VerifyKey::parse
+  VerifierLimits limits;
+  ProcessorOptions processor;
+  std::filesystem::path vmmSocket = "/run/outrider/vmm.sock";
+  std::filesystem::path netdSocket = "/run/outrider/netd.sock";
+  std::chrono::milliseconds healthInterval{5'000};
+  log::Level logLevel = log::Level::info;
+
+  /// Throws ConfigError naming file, line and key.
+  static AgentConfig load(const std::filesystem::path& file);
+  static AgentConfig parse(std::string_view text, std::string source);
+};
+
+}  // namespace outrider::agent

@@ -1,0 +1,75 @@
+#pragma once
+// The one dispatcher for hub commands: verify, consult the journal (replay protection and idempotency),
+// turn the body into one typed command, run it with a deadline, and publish replies
+// (accepted, progress, succeeded, failed, rejected). Runs on the agent's io_context.
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+
+#include "outrider/agent/journal.hpp"
+#include "outrider/agent/verifier.hpp"
+#include "outrider/v1/hub.pb.h"
+
+namespace outrider::agent {
+
+/// Typed commands, one per CommandBody case.
+struct PingCommand {
+  std::uint32_t holdMs = 0;
+  std::string payload;
+};
+struct GetStatusCommand {};
+using Command = std::variant<PingCommand, GetStatusCommand>;
+
+/// Read-only commands are journaled without fsync (a replay after power loss is harmless); commands
+/// that change the node are fsynced before they run.
+bool changesNode(const Command& c);
+
+struct ProcessorOptions {
+  std::chrono::milliseconds defaultDeadline{60'000};
+  std::chrono::milliseconds maxDeadline{3'600'000};
+  std::size_t maxInFlight = 32;
+};
+
+class CommandProcessor {
+ public:
+  using PublishFn = std::function<void(const outrider::v1::CommandReply&)>;
+  using StatusFn = std::function<outrider::v1::NodeStatus()>;
+
+  CommandProcessor(boost::asio::io_context& io, std::string nodeId, const CommandVerifier& verifier,
+                   CommandJournal& journal, const Clock& clock, ProcessorOptions opts, PublishFn publish,
+                   StatusFn status);
+  ~CommandProcessor();
+
+  /// One payload from the cmd topic. Never throws; every outcome is a reply.
+  void handle(std::string_view payload);
+  std::size_t inFlight() const { return running_.size(); }
+  /// Counters for status and telemetry.
+  struct Counters {
+    std::uint64_t received = 0, rejected = 0, succeeded = 0, failed = 0, redelivered = 0;
+  };
+  const Counters& counters() const { return counters_; }
+
+ private:
+  struct Run;
+  void start(Verdict v);
+  void publish(outrider::v1::CommandReply r);
+  void finish(const std::shared_ptr<Run>& run, outrider::v1::CommandReply r);
+
+  boost::asio::io_context& io_;
+  std::string nodeId_;
+  const CommandVerifier& verifier_;
+  CommandJournal& journal_;
+  const Clock& clock_;
+  ProcessorOptions opts_;
+  PublishFn publishFn_;
+  StatusFn statusFn_;
+  std::map<std::string, std::shared_ptr<Run>> running_;
+  Counters counters_;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace outrider::agent

@@ -1,0 +1,162 @@
+#include "outrider/agent/agent.hpp"
+
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "outrider/agent/daemon_monitor.hpp"
+#include "outrider/agent/hub_session.hpp"
+#include "outrider/agent/journal.hpp"
+#include "outrider/agent/processor.hpp"
+#include "outrider/agent/verifier.hpp"
+#include "outrider/common/atomic_file.hpp"
+#include "outrider/common/log.hpp"
+#include "outrider/common/topics.hpp"
+#include "outrider/common/version.hpp"
+
+namespace outrider::agent {
+
+namespace asio = boost::asio;
+using outrider::v1::DaemonHealth;
+using outrider::v1::NodeStatus;
+
+struct Agent::Impl {
+  asio::io_context& io;
+  AgentConfig cfg;
+  const Clock& clock;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::string hostname, arch;
+  std::optional<CommandJournal> journal;
+  std::unique_ptr<CommandVerifier> verifier;
+  std::unique_ptr<CommandProcessor> processor;
+  std::unique_ptr<HubSession> hub;
+  std::unique_ptr<DaemonMonitor> monitor;
+  std::uint64_t eventSeq = 0;
+  asio::steady_timer housekeeping;
+
+  Impl(asio::io_context& i, AgentConfig c, const Clock& cl) : io(i), cfg(std::move(c)), clock(cl), housekeeping(i) {
+    char h[256] = {};
+    ::gethostname(h, sizeof h - 1);
+    hostname = h;
+    utsname u{};
+    if (::uname(&u) == 0) arch = u.machine;
+  }
+
+  NodeStatus status(bool online) const {
+    NodeStatus s;
+    s.set_node_id(cfg.nodeId);
+    s.set_online(online);
+    s.set_version(std::string(outrider::version()));
+    s.set_at_ms(clock.nowMs());
+    s.set_hostname(hostname);
+    s.set_arch(arch);
+    if (!online) return s;  // the will is made once at connect time: keep it to what stays true
+    s.set_uptime_s(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count()));
+    if (hub) s.set_broker(hub->brokerText());
+    auto* self = s.add_daemons();
+    self->set_name("agent");
+    self->set_state(DaemonHealth::HEALTHY);
+    self->set_version(std::string(outrider::version()));
+    self->set_uptime_s(s.uptime_s());
+    self->set_checked_at_ms(s.at_ms());
+    if (processor)
+      self->set_detail(std::to_string(processor->counters().received) + " commands received, " +
+                       std::to_string(processor->inFlight()) + " running");
+    if (monitor)
+      for (auto& h : monitor->health()) *s.add_daemons() = h;
+    return s;
+  }
+
+  void publishEvent(const std::string& source, const std::string& kind, const std::string& subject,
+                    const std::string& detail) {
+    outrider::v1::NodeEvent ev;
+    ev.set_node_id(cfg.nodeId);
+    ev.set_seq(++eventSeq);
+    ev.set_at_ms(clock.nowMs());
+    ev.set_source(source);
+    ev.set_kind(kind);
+    ev.set_subject(subject);
+    ev.set_detail(detail);
+    if (hub && hub->connected()) (void)hub->publish(topics::events(cfg.nodeId), ev.SerializeAsString());
+  }
+
+  void armHousekeeping() {
+    housekeeping.expires_after(std::chrono::minutes(1));
+    housekeeping.async_wait([this](const boost::system::error_code& ec) {
+      if (ec) return;
+      journal->prune(clock.nowMs(), cfg.limits.clockSkewMs);
+      armHousekeeping();
+    });
+  }
+
+  Status start() {
+    if (auto s = makeDirs(cfg.stateDir, 0750); !s) return s;
+    auto j = CommandJournal::open(cfg.stateDir / "commands.journal", {});
+    if (!j) return Error{"command journal: " + j.error().message};
+    journal.emplace(std::move(*j));
+    if (const auto& rec = journal->recovery(); !rec.clean())
+      LOG_WARN("command journal: recovered {} records, cut {} bytes: {}", rec.records, rec.droppedBytes, rec.reason);
+    for (const auto& id : journal->recovery().interrupted)
+      LOG_WARN("command {}: interrupted by the previous run; a redelivery gets a failed reply", id);
+    journal->prune(clock.nowMs(), cfg.limits.clockSkewMs);
+
+    std::map<std::string, crypto::VerifyKey> keys;
+    for (const auto& spec : cfg.operatorKeys) {
+      auto k = crypto::VerifyKey::parse(spec);
+      if (!k) return Error{"operator key " + spec + ": " + k.error().message};
+      keys.emplace(k->id(), *k);
+      LOG_INFO("trusting operator key {}", k->id());
+    }
+    verifier = std::make_unique<CommandVerifier>(cfg.nodeId, std::move(keys), cfg.limits, clock);
+    processor = std::make_unique<CommandProcessor>(
+        io, cfg.nodeId, *verifier, *journal, clock, cfg.processor,
+        [this](const outrider::v1::CommandReply& r) {
+          if (auto s = hub->publish(topics::reply(cfg.nodeId), r.SerializeAsString()); !s)
+            LOG_WARN("reply to {} not sent: {}; the hub gets it again when it resends the command", r.command_id(),
+                     s.error().message);
+        },
+        [this] { return status(true); });
+
+    hub = std::make_unique<HubSession>(
+        io, cfg.nodeId, cfg.hub,
+        HubSession::Handlers{
+            .message =
+                [this](const std::string& topic, std::string payload) {
+                  if (topic == topics::cmd(cfg.nodeId)) processor->handle(payload);
+                },
+            .onlineStatus = [this] { return status(true).SerializeAsString(); },
+            .offlineStatus = [this] { return status(false).SerializeAsString(); },
+        });
+    monitor = std::make_unique<DaemonMonitor>(
+        io, std::vector<DaemonMonitor::Target>{{"vmm", cfg.vmmSocket}, {"netd", cfg.netdSocket}}, cfg.healthInterval,
+        [this](const DaemonHealth& h) {
+          hub->refreshStatus();
+          publishEvent("agent", "daemon.health", h.name(), DaemonHealth::State_Name(h.state()) + ": " + h.detail());
+        },
+        [this](const std::string& daemon, const outrider::v1::LocalEvent& ev) {
+          publishEvent(daemon, ev.kind(), ev.subject(), ev.detail());
+        });
+    monitor->start();
+    hub->start();
+    armHousekeeping();
+    LOG_INFO("node {}: {} broker(s), first {}", cfg.nodeId, cfg.hub.brokers.size(), cfg.hub.brokers.front().text);
+    return {};
+  }
+};
+
+Agent::Agent(asio::io_context& io, AgentConfig cfg, const Clock& clock)
+    : impl_(std::make_unique<Impl>(io, std::move(cfg), clock)) {}
+Agent::~Agent() = default;
+
+Status Agent::start() { return impl_->start(); }
+
+void Agent::stop(std::function<void()> done) {
+  impl_->housekeeping.cancel();
+  if (impl_->monitor) impl_->monitor->stop();
+  if (!impl_->hub) return done();
+  impl_->hub->stop(std::move(done));
+}
+
+NodeStatus Agent::status(bool online) const { return impl_->status(online); }
+
+}  // namespace outrider::agent

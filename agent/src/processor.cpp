@@ -1,0 +1,238 @@
+#include "outrider/agent/processor.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "outrider/common/log.hpp"
+#include "outrider/common/version.hpp"
+
+namespace outrider::agent {
+
+namespace asio = boost::asio;
+using Reply = outrider::v1::CommandReply;
+
+bool changesNode(const Command& c) {
+  return std::visit(
+      [](const auto& cmd) {
+        using T = std::decay_t<decltype(cmd)>;
+        return !(std::is_same_v<T, PingCommand> || std::is_same_v<T, GetStatusCommand>);
+      },
+      c);
+}
+
+namespace {
+Command toCommand(const outrider::v1::CommandBody& b) {
+  switch (b.command_case()) {
+    case outrider::v1::CommandBody::kPing: return PingCommand{b.ping().hold_ms(), b.ping().payload()};
+    case outrider::v1::CommandBody::kGetStatus: return GetStatusCommand{};
+    default: return GetStatusCommand{};  // unreachable: the verifier refuses an unset command
+  }
+}
+}  // namespace
+
+/// One accepted command while it runs.
+struct CommandProcessor::Run {
+  std::string id;
+  Command cmd;
+  std::uint32_t seq = 0;
+  bool done = false;
+  asio::steady_timer deadline;
+  asio::steady_timer work;  // for commands that wait (ping hold)
+  std::chrono::steady_clock::time_point began = std::chrono::steady_clock::now();
+  Run(asio::io_context& io, std::string i, Command c) : id(std::move(i)), cmd(std::move(c)), deadline(io), work(io) {}
+};
+
+CommandProcessor::CommandProcessor(asio::io_context& io, std::string nodeId, const CommandVerifier& verifier,
+                                   CommandJournal& journal, const Clock& clock, ProcessorOptions opts,
+                                   PublishFn publish, StatusFn status)
+    : io_(io),
+      nodeId_(std::move(nodeId)),
+      verifier_(verifier),
+      journal_(journal),
+      clock_(clock),
+      opts_(opts),
+      publishFn_(std::move(publish)),
+      statusFn_(std::move(status)) {}
+
+CommandProcessor::~CommandProcessor() {
+  for (auto& [id, run] : running_) {
+    run->done = true;
+    run->deadline.cancel();
+    run->work.cancel();
+  }
+}
+
+void CommandProcessor::publish(Reply r) {
+  r.set_node_id(nodeId_);
+  r.set_at_ms(clock_.nowMs());
+  publishFn_(r);
+}
+
+void CommandProcessor::handle(std::string_view payload) {
+  ++counters_.received;
+  Verdict v = verifier_.verify(payload);
+  if (v.accepted()) {
+    // Signed and addressed to us: a redelivery of a command we know gets its recorded outcome, even
+    // after its expiry; the same id with a different body is a replay.
+    if (const auto* e = journal_.find(v.commandId)) {
+      if (e->bodySha256 != v.bodyDigest) {
+        v.reason = Reply::REPLAYED;
+        v.message = "command id " + v.commandId + " was already used for a different command";
+      } else if (e->state == JournalEntry::State::Finished) {
+        ++counters_.redelivered;
+        Reply recorded;
+        if (recorded.ParseFromString(e->reply)) {
+          LOG_INFO("command {}: redelivered, answering with the recorded {}", v.commandId,
+                   Reply::Kind_Name(recorded.kind()));
+          publishFn_(recorded);
+        }
+        return;
+      } else if (running_.count(v.commandId)) {
+        ++counters_.redelivered;
+        LOG_DEBUG("command {}: redelivered while running, ignoring", v.commandId);
+        return;
+      } else {
+        // Accepted before a restart and never finished: at most once, so report instead of re-running.
+        Reply r;
+        r.set_command_id(v.commandId);
+        r.set_kind(Reply::FAILED);
+        r.set_message("interrupted by an agent restart; not run again");
+        r.set_node_id(nodeId_);
+        r.set_at_ms(clock_.nowMs());
+        if (auto s = journal_.recordFinished(v.commandId, r.SerializeAsString(), Durability::Sync); !s)
+          LOG_ERR("command {}: journal: {}", v.commandId, s.error().message);
+        ++counters_.failed;
+        publishFn_(r);
+        return;
+      }
+    }
+  }
+  if (v.accepted()) v = verifier_.checkTime(std::move(v));
+  if (v.accepted() && running_.size() >= opts_.maxInFlight) {
+    v.reason = Reply::BUSY;
+    v.message = std::to_string(running_.size()) + " commands already running";
+  }
+  if (!v.accepted()) {
+    ++counters_.rejected;
+    LOG_WARN("command {}: rejected: {}: {}", v.commandId.empty() ? "(unknown)" : v.commandId,
+             Reply::RejectReason_Name(v.reason), v.message);
+    Reply r;
+    r.set_command_id(v.commandId);
+    r.set_kind(Reply::REJECTED);
+    r.set_reason(v.reason);
+    r.set_message(v.message);
+    publish(std::move(r));
+    return;
+  }
+  start(std::move(v));
+}
+
+void CommandProcessor::start(Verdict v) {
+  Command cmd = toCommand(v.body);
+  auto durability = changesNode(cmd) ? Durability::Sync : Durability::Buffered;
+  if (auto s = journal_.recordAccepted(v.commandId, v.bodyDigest, v.body.expires_at_ms(), durability); !s) {
+    // Without a journal record there is no replay protection: refuse rather than run unprotected.
+    LOG_ERR("command {}: journal: {}", v.commandId, s.error().message);
+    Reply r;
+    r.set_command_id(v.commandId);
+    r.set_kind(Reply::FAILED);
+    r.set_message("cannot record the command in the journal: " + s.error().message);
+    ++counters_.failed;
+    publish(std::move(r));
+    return;
+  }
+  auto run = std::make_shared<Run>(io_, v.commandId, cmd);
+  running_[run->id] = run;
+
+  Reply accepted;
+  accepted.set_command_id(run->id);
+  accepted.set_kind(Reply::ACCEPTED);
+  accepted.set_seq(run->seq++);
+  publish(accepted);
+
+  auto deadline = v.body.deadline_ms() ? std::chrono::milliseconds(v.body.deadline_ms()) : opts_.defaultDeadline;
+  deadline = std::min(deadline, opts_.maxDeadline);
+  run->deadline.expires_after(deadline);
+  run->deadline.async_wait([this, run, deadline](const boost::system::error_code& ec) {
+    if (ec || run->done) return;
+    run->work.cancel();
+    Reply r;
+    r.set_command_id(run->id);
+    r.set_kind(Reply::FAILED);
+    r.set_message("deadline of " + std::to_string(deadline.count()) + " ms exceeded");
+    finish(run, std::move(r));
+  });
+
+  std::visit(
+      [&](const auto& c) {
+        using T = std::decay_t<decltype(c)>;
+        if constexpr (std::is_same_v<T, PingCommand>) {
+          auto pong = [this, run, c] {
+            Reply r;
+            r.set_command_id(run->id);
+            r.set_kind(Reply::SUCCEEDED);
+            auto* p = r.mutable_pong();
+            p->set_version(std::string(outrider::version()));
+            p->set_node_time_ms(clock_.nowMs());
+            p->set_uptime_s(static_cast<std::uint64_t>(
+                std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_).count()));
+            p->set_payload(c.payload);
+            finish(run, std::move(r));
+          };
+          if (c.holdMs == 0) return pong();
+          // A held ping reports progress about once a second until it answers.
+          auto step = std::chrono::milliseconds(std::min<std::uint32_t>(1000, std::max<std::uint32_t>(c.holdMs / 2, 1)));
+          auto tick = std::make_shared<std::function<void()>>();
+          *tick = [this, run, c, step, pong, tick] {
+            auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - run->began);
+            if (elapsed.count() >= c.holdMs) {
+              *tick = nullptr;  // break the self-reference
+              return pong();
+            }
+            Reply p;
+            p.set_command_id(run->id);
+            p.set_kind(Reply::PROGRESS);
+            p.set_seq(run->seq++);
+            p.set_progress_pct(static_cast<std::uint32_t>(100 * elapsed.count() / c.holdMs));
+            p.set_message("holding, " + std::to_string(elapsed.count()) + " of " + std::to_string(c.holdMs) + " ms");
+            publish(std::move(p));
+            auto left = std::chrono::milliseconds(c.holdMs) - elapsed;
+            run->work.expires_after(std::min(step, left));
+            run->work.async_wait([tick](const boost::system::error_code& ec) {
+              if (!ec && *tick) (*tick)();
+            });
+          };
+          run->work.expires_after(step);
+          run->work.async_wait([tick](const boost::system::error_code& ec) {
+            if (!ec && *tick) (*tick)();
+          });
+        } else if constexpr (std::is_same_v<T, GetStatusCommand>) {
+          Reply r;
+          r.set_command_id(run->id);
+          r.set_kind(Reply::SUCCEEDED);
+          *r.mutable_status() = statusFn_();
+          finish(run, std::move(r));
+        }
+      },
+      cmd);
+}
+
+void CommandProcessor::finish(const std::shared_ptr<Run>& run, Reply r) {
+  if (run->done) return;
+  run->done = true;
+  run->deadline.cancel();
+  run->work.cancel();
+  r.set_seq(run->seq++);
+  r.set_node_id(nodeId_);
+  r.set_at_ms(clock_.nowMs());
+  bool ok = r.kind() == Reply::SUCCEEDED;
+  ok ? ++counters_.succeeded : ++counters_.failed;
+  auto durability = changesNode(run->cmd) ? Durability::Sync : Durability::Buffered;
+  if (auto s = journal_.recordFinished(run->id, r.SerializeAsString(), durability); !s)
+    LOG_ERR("command {}: journal: {}", run->id, s.error().message);
+  if (!ok) LOG_WARN("command {}: failed: {}", run->id, r.message());
+  running_.erase(run->id);
+  publishFn_(r);
+}
+
+}  // namespace outrider::agent
