@@ -26,6 +26,15 @@ struct CFree {
 };
 using Mosq = std::unique_ptr<mosquitto, CFree<mosquitto_destroy>>;
 
+namespace {
+// libmosquitto's messages end in '.', which reads badly inside our "...: reason; next ..." lines.
+std::string trimDot(const char* s) {
+  std::string r = s ? s : "";
+  if (!r.empty() && r.back() == '.') r.pop_back();
+  return r;
+}
+}  // namespace
+
 MqttLibrary::MqttLibrary() { mosquitto_lib_init(); }
 MqttLibrary::~MqttLibrary() { mosquitto_lib_cleanup(); }
 
@@ -212,7 +221,7 @@ struct MqttConnection::Impl {
   static void onDisconnect(mosquitto*, void* ud, int rc) noexcept {
     auto* self = static_cast<Impl*>(ud);
     try {
-      self->reportClosed(rc == 0 ? "disconnected" : std::string("connection lost: ") + mosquitto_strerror(rc));
+      self->reportClosed(rc == 0 ? "disconnected" : "connection lost: " + trimDot(mosquitto_strerror(rc)));
     } catch (...) {
     }
   }

@@ -7,6 +7,7 @@
 #include "outrider/agent/journal.hpp"
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/verifier.hpp"
+#include "support/commands.hpp"
 #include "support/process.hpp"
 
 using namespace outrider;
@@ -27,22 +28,9 @@ struct Keys {
 };
 
 outrider::v1::CommandBody pingBody(const FixedClock& c, std::string id, std::string node = "n1") {
-  outrider::v1::CommandBody b;
-  b.set_node_id(std::move(node));
-  b.set_command_id(std::move(id));
-  b.set_issued_at_ms(c.now);
-  b.set_expires_at_ms(c.now + 60'000);
-  b.mutable_ping();
-  return b;
+  return outrider::test::pingBody(c.now, std::move(id), std::move(node));
 }
-
-std::string seal(const outrider::v1::CommandBody& b, const crypto::SigningKey& k) {
-  outrider::v1::CommandEnvelope e;
-  e.set_body(b.SerializeAsString());
-  e.set_key_id(k.publicKey().id());
-  e.set_signature(k.sign(e.body()));
-  return e.SerializeAsString();
-}
+using outrider::test::seal;
 
 struct VerifierFixture {
   FixedClock clock;
