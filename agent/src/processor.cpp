@@ -144,12 +144,6 @@ void CommandProcessor::start(Verdict v) {
   auto run = std::make_shared<Run>(io_, v.commandId, cmd);
   running_[run->id] = run;
 
-  Reply accepted;
-  accepted.set_command_id(run->id);
-  accepted.set_kind(Reply::ACCEPTED);
-  accepted.set_seq(run->seq++);
-  publish(accepted);
-
   auto deadline = v.body.deadline_ms() ? std::chrono::milliseconds(v.body.deadline_ms()) : opts_.defaultDeadline;
   deadline = std::min(deadline, opts_.maxDeadline);
   run->deadline.expires_after(deadline);
@@ -215,6 +209,15 @@ void CommandProcessor::start(Verdict v) {
         }
       },
       cmd);
+  // A command that finished at once has already sent its final reply; one that keeps running says
+  // ACCEPTED now, before any PROGRESS (their timers fire later, from the loop).
+  if (!run->done) {
+    Reply accepted;
+    accepted.set_command_id(run->id);
+    accepted.set_kind(Reply::ACCEPTED);
+    accepted.set_seq(run->seq++);
+    publish(accepted);
+  }
 }
 
 void CommandProcessor::finish(const std::shared_ptr<Run>& run, Reply r) {
