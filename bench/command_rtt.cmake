@@ -1,0 +1,3 @@
+add_executable(bench_command_rtt ${CMAKE_CURRENT_LIST_DIR}/command_rtt.cpp)
+target_link_libraries(bench_command_rtt PRIVATE outrider_ctl outrider_testsupport)
+add_dependencies(bench_command_rtt outrider-agent)
