@@ -80,11 +80,17 @@ struct Agent::Impl {
     if (hub && hub->connected()) (void)hub->publish(topics::events(cfg.nodeId), ev.SerializeAsString());
   }
 
+  // Expired entries are forgotten either way; a failed compaction only leaves the file longer.
+  void pruneJournal() {
+    if (auto s = journal->prune(clock.nowMs(), cfg.limits.clockSkewMs); !s)
+      LOG_WARN("command journal: compaction failed: {}, ignoring", s.error().message);
+  }
+
   void armHousekeeping() {
     housekeeping.expires_after(std::chrono::minutes(1));
     housekeeping.async_wait([this](const boost::system::error_code& ec) {
       if (ec) return;
-      journal->prune(clock.nowMs(), cfg.limits.clockSkewMs);
+      pruneJournal();
       armHousekeeping();
     });
   }
@@ -98,7 +104,7 @@ struct Agent::Impl {
       LOG_WARN("command journal: recovered {} records, cut {} bytes: {}", rec.records, rec.droppedBytes, rec.reason);
     for (const auto& id : journal->recovery().interrupted)
       LOG_WARN("command {}: interrupted by the previous run; a redelivery gets a failed reply", id);
-    journal->prune(clock.nowMs(), cfg.limits.clockSkewMs);
+    pruneJournal();
 
     std::map<std::string, crypto::VerifyKey> keys;
     for (const auto& spec : cfg.operatorKeys) {
@@ -139,7 +145,7 @@ struct Agent::Impl {
     monitor->start();
     hub->start();
     armHousekeeping();
-    LOG_INFO("node {}: {} broker(s), first {}", cfg.nodeId, cfg.hub.brokers.size(), cfg.hub.brokers.front().text);
+    LOG_INFO("node {}: {} broker(s), first {}", cfg.nodeId, cfg.hub.brokers.size(), cfg.hub.brokers.front().text());
     return {};
   }
 };

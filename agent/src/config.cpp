@@ -24,7 +24,7 @@ AgentConfig fromReader(ConfigReader& r) {
   bool allowPlain = r.boolean("hub.allow_plaintext", false);
   for (const auto& b : c.hub.brokers)
     if (!b.tls && !allowPlain)
-      throw ConfigError(r.source() + ": key 'hub.brokers': " + b.text +
+      throw ConfigError(r.source() + ": key 'hub.brokers': " + b.text() +
                         " is not TLS; use mqtts:// (or set hub.allow_plaintext = true for a lab)");
   c.hub.cafile = r.str("hub.cafile", "");
   c.hub.certfile = r.str("hub.certfile", "");

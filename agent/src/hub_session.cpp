@@ -51,14 +51,14 @@ void HubSession::attempt() {
                      connectTimer_.cancel();
                      failures_ = 0;
                      ++connects_;
-                     brokerText_ = b.text;
-                     LOG_NOTICE("hub: connected to {}", b.text);
+                     brokerText_ = b.text();
+                     LOG_NOTICE("hub: connected to {}", b.text());
                      // Clean sessions: the broker forgot our subscription, so restore it every time.
                      if (auto s = conn_->subscribe(topics::cmd(nodeId_), 1); !s)
                        LOG_ERR("hub: {}", s.error().message);
                      refreshStatus();
                    },
-               .closed = [this, b](std::string reason) { scheduleRetry(b.text + ": " + reason); },
+               .closed = [this, b](std::string reason) { scheduleRetry(b.text() + ": " + reason); },
                .message = [this](const std::string& t, std::string p) { h_.message(t, std::move(p)); },
                .published = nullptr,
            });
@@ -73,7 +73,7 @@ void HubSession::attempt() {
   connectTimer_.async_wait([this, conn, b](const boost::system::error_code& ec) {
     if (ec || conn != conn_ || conn->isConnected()) return;
     conn->abort();
-    scheduleRetry(b.text + ": no CONNACK within " + std::to_string(cfg_.connectTimeout.count()) + " ms");
+    scheduleRetry(b.text() + ": no CONNACK within " + std::to_string(cfg_.connectTimeout.count()) + " ms");
   });
 }
 
@@ -95,7 +95,7 @@ void HubSession::scheduleRetry(const std::string& reason) {
     ++failures_;
   }
   auto delay = backoffDelay(failures_, cfg_.backoffInitial, cfg_.backoffMax, rng_);
-  LOG_WARN("hub: {}; next attempt {} in {} ms", reason, cfg_.brokers[index_].text, delay.count());
+  LOG_WARN("hub: {}; next attempt {} in {} ms", reason, cfg_.brokers[index_].text(), delay.count());
   retry_.expires_after(delay);
   retry_.async_wait([this](const boost::system::error_code& ec) {
     if (!ec) attempt();

@@ -1,4 +1,5 @@
 // The one agent file that includes <mosquitto.h>.
+#include "outrider/common/c_handle.hpp"
 #include "outrider/agent/mqtt.hpp"
 
 #include <mosquitto.h>
@@ -17,14 +18,7 @@ namespace outrider::agent {
 
 namespace asio = boost::asio;
 
-template <auto Free>
-struct CFree {
-  template <class T>
-  void operator()(T* p) const noexcept {
-    (void)Free(p);
-  }
-};
-using Mosq = std::unique_ptr<mosquitto, CFree<mosquitto_destroy>>;
+using Mosq = CHandle<mosquitto, mosquitto_destroy>;
 
 namespace {
 // libmosquitto's messages end in '.', which reads badly inside our "...: reason; next ..." lines.
@@ -37,51 +31,6 @@ std::string trimDot(const char* s) {
 
 MqttLibrary::MqttLibrary() { mosquitto_lib_init(); }
 MqttLibrary::~MqttLibrary() { mosquitto_lib_cleanup(); }
-
-Result<BrokerUrl> BrokerUrl::parse(std::string_view url) {
-  BrokerUrl b;
-  b.text = std::string(url);
-  std::string_view rest;
-  if (url.starts_with("mqtts://")) {
-    b.tls = true;
-    b.port = 8883;
-    rest = url.substr(8);
-  } else if (url.starts_with("mqtt://")) {
-    b.tls = false;
-    b.port = 1883;
-    rest = url.substr(7);
-  } else {
-    return Error{"broker URL '" + std::string(url) + "': scheme must be mqtts:// or mqtt://"};
-  }
-  if (auto slash = rest.find('/'); slash != std::string_view::npos) {
-    if (slash + 1 != rest.size()) return Error{"broker URL '" + std::string(url) + "': a path is not allowed"};
-    rest = rest.substr(0, slash);
-  }
-  std::string_view host = rest;
-  if (!rest.empty() && rest.front() == '[') {  // [v6]:port
-    auto close = rest.find(']');
-    if (close == std::string_view::npos) return Error{"broker URL '" + std::string(url) + "': unclosed '['"};
-    host = rest.substr(1, close - 1);
-    rest = rest.substr(close + 1);
-    if (!rest.empty() && rest.front() != ':') return Error{"broker URL '" + std::string(url) + "': bad port"};
-  } else if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
-    host = rest.substr(0, colon);
-    rest = rest.substr(colon);
-  } else {
-    rest = {};
-  }
-  if (!rest.empty()) {
-    auto p = rest.substr(1);
-    int port = 0;
-    auto [ptr, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
-    if (p.empty() || ec != std::errc() || ptr != p.data() + p.size() || port < 1 || port > 65535)
-      return Error{"broker URL '" + std::string(url) + "': bad port"};
-    b.port = port;
-  }
-  if (host.empty()) return Error{"broker URL '" + std::string(url) + "': missing host"};
-  b.host = std::string(host);
-  return b;
-}
 
 struct MqttConnection::Impl {
   asio::io_context& io;
@@ -279,7 +228,7 @@ Status MqttConnection::start(const MqttOptions& o) {
   int rc = mosquitto_connect_async(m, o.broker.host.c_str(), o.broker.port, o.keepaliveS);
   if (rc != MOSQ_ERR_SUCCESS) {
     std::string why = rc == MOSQ_ERR_ERRNO ? std::strerror(errno) : mosquitto_strerror(rc);
-    return Error{"connect " + o.broker.text + ": " + why};
+    return Error{"connect " + o.broker.text() + ": " + why};
   }
   I.sync();
   I.armMisc();

@@ -4,15 +4,6 @@ namespace outrider::agent {
 
 using Reply = outrider::v1::CommandReply;
 
-bool validCommandId(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == ':' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
 
 CommandVerifier::CommandVerifier(std::string nodeId, std::map<std::string, crypto::VerifyKey> trustedById,
                                  VerifierLimits limits, const Clock& clock)

@@ -1,4 +1,5 @@
 // The OpenSSL adapter for Ed25519, SHA-256 and base64: the only file that includes OpenSSL headers.
+#include "outrider/common/c_handle.hpp"
 #include "outrider/common/crypto.hpp"
 
 #include <openssl/bio.h>
@@ -18,15 +19,6 @@ namespace outrider::crypto {
 
 namespace {
 
-template <auto Free>
-struct CFree {
-  template <class T>
-  void operator()(T* p) const noexcept {
-    (void)Free(p);
-  }
-};
-template <class T, auto Free>
-using CHandle = std::unique_ptr<T, CFree<Free>>;
 
 using EvpPkey = CHandle<EVP_PKEY, EVP_PKEY_free>;
 using EvpPkeyCtx = CHandle<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;

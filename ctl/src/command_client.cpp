@@ -8,15 +8,6 @@ namespace outrider::ctl {
 
 std::string newCommandId() { return "ctl-" + randomHex(8); }
 
-bool validCommandId(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == ':' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
 
 v1::CommandBody makeCommandBody(std::string_view node, std::chrono::milliseconds timeout, std::int64_t nowMs) {
   v1::CommandBody body;

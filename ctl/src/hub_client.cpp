@@ -1,4 +1,5 @@
 // The only file of the ctl module that includes libmosquitto.
+#include "outrider/common/c_handle.hpp"
 #include "outrider/ctl/hub_client.hpp"
 
 #include <fcntl.h>
@@ -24,15 +25,6 @@ namespace outrider::ctl {
 
 namespace {
 
-template <auto Free>
-struct CFree {
-  template <class T>
-  void operator()(T* p) const noexcept {
-    (void)Free(p);
-  }
-};
-template <class T, auto Free>
-using CHandle = std::unique_ptr<T, CFree<Free>>;
 using Mosq = CHandle<mosquitto, mosquitto_destroy>;
 
 Error hubError(HubErrc code, std::string message) { return Error{std::move(message), code}; }

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "outrider/common/broker_url.hpp"
 #include "outrider/common/result.hpp"
 
 namespace outrider::agent {
@@ -22,14 +23,7 @@ class MqttLibrary {
   MqttLibrary& operator=(const MqttLibrary&) = delete;
 };
 
-struct BrokerUrl {
-  std::string host;
-  int port = 8883;
-  bool tls = true;
-  std::string text;  // as configured, for logs and status
-  /// "mqtts://host[:port]" (default port 8883) or "mqtt://host[:port]" (1883).
-  static Result<BrokerUrl> parse(std::string_view url);
-};
+using outrider::BrokerUrl;
 
 struct MqttOptions {
   BrokerUrl broker;

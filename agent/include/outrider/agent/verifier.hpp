@@ -9,6 +9,7 @@
 
 #include "outrider/common/clock.hpp"
 #include "outrider/common/crypto.hpp"
+#include "outrider/common/topics.hpp"
 #include "outrider/v1/hub.pb.h"
 
 namespace outrider::agent {
@@ -46,7 +47,6 @@ class CommandVerifier {
   const Clock& clock_;
 };
 
-/// Command ids: 1..128 characters of [A-Za-z0-9._:-].
-bool validCommandId(std::string_view id);
+using topics::validCommandId;
 
 }  // namespace outrider::agent

@@ -21,5 +21,7 @@ inline constexpr std::string_view kAllStatus = "outrider/v1/nodes/+/status";
 
 /// Node ids: 1..64 chars of [A-Za-z0-9._-], not starting with '.', so they are safe in topics and paths.
 bool validNodeId(std::string_view id);
+/// Command ids: 1..128 characters of [A-Za-z0-9._:-].
+bool validCommandId(std::string_view id);
 
 }  // namespace outrider::topics

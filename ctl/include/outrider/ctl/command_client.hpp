@@ -12,6 +12,7 @@
 
 #include "outrider/common/clock.hpp"
 #include "outrider/common/crypto.hpp"
+#include "outrider/common/topics.hpp"
 #include "outrider/common/result.hpp"
 #include "outrider/ctl/hub_client.hpp"
 #include "outrider/v1/hub.pb.h"
@@ -21,7 +22,7 @@ namespace outrider::ctl {
 /// "ctl-" followed by 16 random lowercase hex digits.
 std::string newCommandId();
 /// The contract's rule for command ids: 1..128 chars of [A-Za-z0-9._:-].
-bool validCommandId(std::string_view id);
+using topics::validCommandId;
 
 /// A body for `node` with a fresh command id, issued at `nowMs`, expiring `timeout` later, and a run-time
 /// deadline of `timeout`. The caller sets the command (ping, ...).

@@ -12,20 +12,12 @@
 #include <string_view>
 #include <vector>
 
+#include "outrider/common/broker_url.hpp"
 #include "outrider/common/result.hpp"
 
 namespace outrider::ctl {
 
-/// A broker address: "mqtts://host[:port]" (default port 8883) or "mqtt://host[:port]" (1883).
-/// IPv6 literals go in brackets: "mqtts://[::1]:8883".
-struct BrokerUrl {
-  bool tls = true;
-  std::string host;
-  int port = 8883;
-  /// Normalised text, "mqtts://host:port", used in messages.
-  std::string text() const;
-  static Result<BrokerUrl> parse(std::string_view url);
-};
+using outrider::BrokerUrl;
 
 /// Options every subcommand understands.
 struct GlobalOptions {
