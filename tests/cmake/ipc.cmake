@@ -8,3 +8,5 @@ outrider_test(test_vmm_daemon SOURCES integration/test_vmm_daemon.cpp LIBS outri
 add_dependencies(test_vmm_daemon outrider-vmm)
 outrider_test(test_netd_daemon SOURCES integration/test_netd_daemon.cpp LIBS outrider_netd LABELS integration netd TIMEOUT 120)
 add_dependencies(test_netd_daemon outrider-netd)
+outrider_test(test_daemon_notify SOURCES integration/test_daemon_notify.cpp LABELS integration vmm)
+add_dependencies(test_daemon_notify outrider-vmm)
