@@ -26,7 +26,7 @@ std::int64_t nowMs() {
 
 DaemonMonitor::DaemonMonitor(boost::asio::io_context& io, std::vector<Target> targets,
                              std::chrono::milliseconds interval, ChangeFn onChange, EventFn onEvent)
-    : io_(io), interval_(interval), onChange_(std::move(onChange)), onEvent_(std::move(onEvent)), timer_(io) {
+    : interval_(interval), onChange_(std::move(onChange)), onEvent_(std::move(onEvent)), timer_(io) {
   for (auto& t : targets) watched_.push_back(std::make_shared<Watched>(io, std::move(t)));
 }
 

@@ -32,7 +32,6 @@ class DaemonMonitor {
  private:
   struct Watched;
   void poll();
-  boost::asio::io_context& io_;
   std::vector<std::shared_ptr<Watched>> watched_;
   std::chrono::milliseconds interval_;
   ChangeFn onChange_;
