@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -47,6 +48,20 @@ std::pair<long, long> rssPss(pid_t pid) {
     if (key == "Pss:") pss = value;
   }
   return {rss, pss};
+}
+
+/// User + system CPU time of a process in microseconds, from /proc/PID/stat.
+double cpuMicros(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream ls(stat.substr(stat.rfind(')') + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && ls >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) * 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 ctl::HubOptions hubOptions(const test::Broker& b, const test::TestCa& ca, const test::CertPair& c) {
@@ -142,6 +157,7 @@ int main(int argc, char** argv) {
     }
   }
   auto idle0 = rssPss(agent.pid());
+  double cpu0 = cpuMicros(agent.pid());
   for (std::uint64_t i = 0; i < count; ++i) {
     auto r = client.execute(ctl::makePing(client, "n1", 0));
     if (!r || !r->succeeded()) {
@@ -151,6 +167,7 @@ int main(int argc, char** argv) {
     }
     pingUs.push_back(std::chrono::duration<double, std::micro>(r->rtt).count());
   }
+  double agentCpuPerPing = (cpuMicros(agent.pid()) - cpu0) / static_cast<double>(count);
   // Idle again after the load: what the agent keeps.
   std::this_thread::sleep_for(2s);
   auto idle1 = rssPss(agent.pid());
@@ -161,12 +178,14 @@ int main(int argc, char** argv) {
               floorUs.size());
   std::printf("  bare request/reply  p50 %.1f us  p99 %.1f us\n", fp50, fp99);
   std::printf("  signed ping (agent) p50 %.1f us  p99 %.1f us\n", pp50, pp99);
+  std::printf("  agent CPU per ping %.1f us (signature check, journal, decode, reply)\n", agentCpuPerPing);
   std::printf("  agent idle: before load RSS %ld KiB PSS %ld KiB; after %llu pings RSS %ld KiB PSS %ld KiB\n",
               idle0.first, idle0.second, static_cast<unsigned long long>(count), idle1.first, idle1.second);
   result("p50", pp50, "us", fp50, "ratio<=1.3", pp50 / fp50 <= 1.3);
   result("p99", pp99, "us", fp99, "ratio<=1.5", pp99 / fp99 <= 1.5);
   // Idle = connected, daemons polled, before the load; after the load the journal still holds every ping
   // until it expires, which is reported separately.
+  result("agent_cpu_per_ping", agentCpuPerPing, "us", 0, "report", true);
   result("agent_idle_rss", static_cast<double>(idle0.first), "KiB", 0, "<=8192KiB", idle0.first <= 8192);
   result("agent_idle_pss", static_cast<double>(idle0.second), "KiB", 0, "report", true);
   result("agent_rss_after_load", static_cast<double>(idle1.first), "KiB", 0, "report", true);
