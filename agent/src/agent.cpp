@@ -97,7 +97,7 @@ struct Agent::Impl {
 
   Status start() {
     if (auto s = makeDirs(cfg.stateDir, 0750); !s) return s;
-    auto j = CommandJournal::open(cfg.stateDir / "commands.journal", {});
+    auto j = CommandJournal::open(cfg.stateDir / "commands.journal", JournalOptions{.maxEntries = cfg.journalMaxEntries});
     if (!j) return Error{"command journal: " + j.error().message};
     journal.emplace(std::move(*j));
     if (const auto& rec = journal->recovery(); !rec.clean())

@@ -45,6 +45,7 @@ AgentConfig fromReader(ConfigReader& r) {
   c.limits.maxValidityMs = r.integer("commands.max_validity_s", 86400, 10, 30 * 86400) * 1000;
   c.processor.defaultDeadline = std::chrono::seconds(r.integer("commands.default_deadline_s", 60, 1, 86400));
   c.processor.maxDeadline = std::chrono::seconds(r.integer("commands.max_deadline_s", 3600, 1, 7 * 86400));
+  c.journalMaxEntries = static_cast<std::size_t>(r.integer("commands.journal_max_entries", 20'000, 100, 1'000'000));
   c.processor.maxInFlight = static_cast<std::size_t>(r.integer("commands.max_in_flight", 32, 1, 1024));
 
   c.vmmSocket = r.str("daemons.vmm_socket", c.vmmSocket);

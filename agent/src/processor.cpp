@@ -1,5 +1,7 @@
 #include "outrider/agent/processor.hpp"
 
+#include <cerrno>
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -132,12 +134,21 @@ void CommandProcessor::start(Verdict v) {
   auto durability = changesNode(cmd) ? Durability::Sync : Durability::Buffered;
   if (auto s = journal_.recordAccepted(v.commandId, v.bodyDigest, v.body.expires_at_ms(), durability); !s) {
     // Without a journal record there is no replay protection: refuse rather than run unprotected.
-    LOG_ERR("command {}: journal: {}", v.commandId, s.error().message);
     Reply r;
     r.set_command_id(v.commandId);
-    r.set_kind(Reply::FAILED);
-    r.set_message("cannot record the command in the journal: " + s.error().message);
-    ++counters_.failed;
+    if (s.error().code == ENOSPC) {
+      // Full of unexpired commands: the hub is sending faster than commands expire. Retryable.
+      LOG_WARN("command {}: rejected: BUSY: command journal full", v.commandId);
+      r.set_kind(Reply::REJECTED);
+      r.set_reason(Reply::BUSY);
+      r.set_message("command journal full of unexpired commands; retry later");
+      ++counters_.rejected;
+    } else {
+      LOG_ERR("command {}: journal: {}", v.commandId, s.error().message);
+      r.set_kind(Reply::FAILED);
+      r.set_message("cannot record the command in the journal: " + s.error().message);
+      ++counters_.failed;
+    }
     publish(std::move(r));
     return;
   }

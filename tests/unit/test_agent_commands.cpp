@@ -306,3 +306,22 @@ TEST_CASE_FIXTURE(ProcessorFixture, "get_status answers with the node status") {
   CHECK(rs[0].status().node_id() == "n1");
   CHECK(statusCalls == 1);
 }
+
+TEST_CASE("a full journal answers BUSY and runs nothing") {
+  FixedClock clock;
+  Keys keys;
+  outrider::test::TempDir dir{"full"};
+  boost::asio::io_context io;
+  CommandVerifier verifier{"n1", keys.trusted(), VerifierLimits{}, clock};
+  auto journal = *CommandJournal::open(dir / "journal", JournalOptions{.maxEntries = 2});
+  std::vector<Reply> replies;
+  CommandProcessor proc(io, "n1", verifier, journal, clock, {}, [&](const Reply& r) { replies.push_back(r); },
+                        [] { return outrider::v1::NodeStatus(); });
+  for (const char* id : {"f-1", "f-2", "f-3"}) proc.handle(seal(pingBody(clock, id), keys.op));
+  REQUIRE(replies.size() == 3);
+  CHECK(replies[0].kind() == Reply::SUCCEEDED);
+  CHECK(replies[1].kind() == Reply::SUCCEEDED);
+  CHECK(replies[2].kind() == Reply::REJECTED);
+  CHECK(replies[2].reason() == Reply::BUSY);
+  CHECK(proc.counters().succeeded == 2);
+}

@@ -27,6 +27,9 @@ struct AgentConfig {
   std::vector<std::string> operatorKeys;  // specs for crypto::VerifyKey::parse
   VerifierLimits limits;
   ProcessorOptions processor;
+  /// Commands remembered until expiry + skew (about 230 bytes each): bounds the agent's memory under a
+  /// flood of commands; beyond it new commands are rejected BUSY.
+  std::size_t journalMaxEntries = 20'000;
   std::filesystem::path vmmSocket = "/run/outrider/vmm.sock";
   std::filesystem::path netdSocket = "/run/outrider/netd.sock";
   std::chrono::milliseconds healthInterval{5'000};
