@@ -89,4 +89,26 @@ inline void checkTypoExits2(const std::string& name) {
   CHECK_FALSE(std::filesystem::exists(d.socket()));
 }
 
+/// A second instance on a live socket must not steal it; a missing --config file exits 2 naming the file.
+inline void checkSecondInstanceAndMissingConfig(const std::string& name) {
+  DaemonFixture first(name);
+  REQUIRE(first.health().ok());
+  // Same config, same socket: the second must not steal the first one's socket.
+  Process second({binary(name).string(), "--config", first.config().string()},
+                 first.config().parent_path() / "second.log");
+  auto st = second.wait(std::chrono::seconds(10));
+  REQUIRE(st);
+  CHECK(WIFEXITED(*st));
+  CHECK(WEXITSTATUS(*st) != 0);
+  CHECK(second.log().find("another server is listening") != std::string::npos);
+  CHECK(first.health().ok());
+
+  Process missing({binary(name).string(), "--config", (first.config().parent_path() / "nope.toml").string()},
+                  first.config().parent_path() / "missing.log");
+  auto ms = missing.wait(std::chrono::seconds(10));
+  REQUIRE(ms);
+  CHECK(WEXITSTATUS(*ms) == 2);
+  CHECK(missing.log().find("nope.toml") != std::string::npos);
+}
+
 }  // namespace outrider::test

@@ -19,22 +19,5 @@ TEST_CASE("outrider-netd refuses a config with a typo'd key: exit 2, log names f
 }
 
 TEST_CASE("outrider-netd refuses a missing --config file and a second instance on a live socket") {
-  DaemonFixture first(kName);
-  REQUIRE(first.health().ok());
-  // Same config, same socket: the second must not steal the first one's socket.
-  Process second({binary(kName).string(), "--config", first.config().string()},
-                 first.config().parent_path() / "second.log");
-  auto st = second.wait(std::chrono::seconds(10));
-  REQUIRE(st);
-  CHECK(WIFEXITED(*st));
-  CHECK(WEXITSTATUS(*st) != 0);
-  CHECK(second.log().find("another server is listening") != std::string::npos);
-  CHECK(first.health().ok());
-
-  Process missing({binary(kName).string(), "--config", (first.config().parent_path() / "nope.toml").string()},
-                  first.config().parent_path() / "missing.log");
-  auto ms = missing.wait(std::chrono::seconds(10));
-  REQUIRE(ms);
-  CHECK(WEXITSTATUS(*ms) == 2);
-  CHECK(missing.log().find("nope.toml") != std::string::npos);
+  checkSecondInstanceAndMissingConfig(kName);
 }
