@@ -40,14 +40,16 @@ std::uint32_t getLe32(const char* p) {
   return v;
 }
 
-Status pwriteAll(int fd, std::string_view data, off_t off, const std::string& what) {
+// `label` and `path` name the file in an error; the message is only built when there is one, since this
+// runs for every command.
+Status pwriteAll(int fd, std::string_view data, off_t off, std::string_view label, const std::filesystem::path& path) {
   while (!data.empty()) {
     ssize_t n = ::pwrite(fd, data.data(), data.size(), off);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return errnoError("write " + what, errno);
+      return errnoError("write " + std::string(label) + " " + path.string(), errno);
     }
-    if (n == 0) return Error{"write " + what + ": no progress", EIO};
+    if (n == 0) return Error{"write " + std::string(label) + " " + path.string() + ": no progress", EIO};
     data.remove_prefix(static_cast<std::size_t>(n));
     off += n;
   }
@@ -238,17 +240,17 @@ Status CommandJournal::fail(Error e) {
 
 Status CommandJournal::append(std::string_view id, const JournalEntry& entry, Durability durability) {
   if (failed_) return *failed_;
-  const std::string what = "journal " + path_.string();
+  auto what = [&] { return "journal " + path_.string(); };
   buf_.clear();
   if (!frame(id, entry, buf_))
-    return Error{"record command " + std::string(id) + " in " + what + ": reply too large", EFBIG};
-  if (auto s = pwriteAll(fd_.get(), buf_, end_, what); !s) {
+    return Error{"record command " + std::string(id) + " in " + what() + ": reply too large", EFBIG};
+  if (auto s = pwriteAll(fd_.get(), buf_, end_, "journal", path_); !s) {
     // A partial record must not stay in front of the next one: it would hide it on the next load.
     if (::ftruncate(fd_.get(), end_) != 0) return fail(s.error());
     return s.error();
   }
   if (durability == Durability::Sync && ::fdatasync(fd_.get()) != 0)
-    return fail(errnoError("fdatasync " + what, errno));
+    return fail(errnoError("fdatasync " + what(), errno));
   end_ += static_cast<off_t>(buf_.size());
   ++records_;
   if (buf_.capacity() > (64u << 10)) std::string().swap(buf_);  // don't keep one huge reply's buffer
@@ -318,7 +320,7 @@ Status CommandJournal::compact() {
   std::string data;
   for (const auto& [id, e] : entries_)
     if (!frame(id, e, data)) return abandon(Error{"compact journal: record too large", EFBIG});
-  if (auto s = pwriteAll(fd.get(), data, 0, what); !s) return abandon(s.error());
+  if (auto s = pwriteAll(fd.get(), data, 0, "journal compaction", tmp); !s) return abandon(s.error());
   if (::fsync(fd.get()) != 0) return abandon(errnoError("fsync " + what, errno));
   if (::rename(tmp.c_str(), path_.c_str()) != 0) return abandon(errnoError("rename " + what, errno));
   fd_ = std::move(fd);
