@@ -12,26 +12,25 @@ AgentConfig fromReader(ConfigReader& r) {
   AgentConfig c;
   c.nodeId = r.requireStr("node.id");
   if (!topics::validNodeId(c.nodeId))
-    throw ConfigError(r.source() + ": key 'node.id': must be 1-64 characters of [A-Za-z0-9._-]");
+    r.fail("node.id", "must be 1-64 characters of [A-Za-z0-9._-]");
   c.stateDir = r.str("node.state_dir", c.stateDir);
 
   for (const auto& u : r.strList("hub.brokers", {})) {
     auto b = BrokerUrl::parse(u);
-    if (!b) throw ConfigError(r.source() + ": key 'hub.brokers': " + b.error().message);
+    if (!b) r.fail("hub.brokers", b.error().message);
     c.hub.brokers.push_back(*b);
   }
-  if (c.hub.brokers.empty()) throw ConfigError(r.source() + ": key 'hub.brokers': at least one broker URL is required");
+  if (c.hub.brokers.empty()) r.fail("hub.brokers", "at least one broker URL is required");
   bool allowPlain = r.boolean("hub.allow_plaintext", false);
   for (const auto& b : c.hub.brokers)
     if (!b.tls && !allowPlain)
-      throw ConfigError(r.source() + ": key 'hub.brokers': " + b.text() +
-                        " is not TLS; use mqtts:// (or set hub.allow_plaintext = true for a lab)");
+      r.fail("hub.brokers", b.text() + " is not TLS; use mqtts:// (or set hub.allow_plaintext = true for a lab)");
   c.hub.cafile = r.str("hub.cafile", "");
   c.hub.certfile = r.str("hub.certfile", "");
   c.hub.keyfile = r.str("hub.keyfile", "");
   bool anyTls = std::any_of(c.hub.brokers.begin(), c.hub.brokers.end(), [](const BrokerUrl& b) { return b.tls; });
   if (anyTls && (c.hub.cafile.empty() || c.hub.certfile.empty() || c.hub.keyfile.empty()))
-    throw ConfigError(r.source() + ": keys 'hub.cafile', 'hub.certfile', 'hub.keyfile': required for mqtts:// brokers");
+    r.fail("hub.cafile", "hub.cafile, hub.certfile and hub.keyfile are required for mqtts:// brokers");
   c.hub.keepaliveS = static_cast<int>(r.integer("hub.keepalive_s", 30, 5, 3600));
   c.hub.connectTimeout = std::chrono::seconds(r.integer("hub.connect_timeout_s", 10, 1, 300));
   c.hub.backoffInitial = std::chrono::milliseconds(r.integer("hub.backoff_initial_ms", 500, 10, 60'000));
@@ -39,7 +38,7 @@ AgentConfig fromReader(ConfigReader& r) {
 
   c.operatorKeys = r.strList("commands.operator_keys", {});
   if (c.operatorKeys.empty())
-    throw ConfigError(r.source() + ": key 'commands.operator_keys': at least one trusted operator key is required");
+    r.fail("commands.operator_keys", "at least one trusted operator key is required");
   c.limits.maxPayloadBytes = static_cast<std::size_t>(r.integer("commands.max_payload_bytes", 64 * 1024, 1024, 16 << 20));
   c.limits.clockSkewMs = r.integer("commands.clock_skew_s", 300, 0, 86400) * 1000;
   c.limits.maxValidityMs = r.integer("commands.max_validity_s", 86400, 10, 30 * 86400) * 1000;
@@ -54,7 +53,7 @@ AgentConfig fromReader(ConfigReader& r) {
 
   auto level = r.str("log.level", "info");
   if (!log::parseLevel(level, c.logLevel))
-    throw ConfigError(r.source() + ": key 'log.level': unknown level '" + level + "' (err, warning, notice, info, debug)");
+    r.fail("log.level", "unknown level '" + level + "' (err, warning, notice, info, debug)");
   r.finish();
   return c;
 }

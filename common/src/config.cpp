@@ -137,6 +137,11 @@ std::vector<std::string> ConfigReader::strList(std::string_view key, std::vector
   return out;
 }
 
+void ConfigReader::fail(std::string_view key, std::string_view message) const {
+  const toml::node* n = impl_->root.at_path(key).node();
+  impl_->fail(n ? n->source() : toml::source_region{}, key, message);
+}
+
 void ConfigReader::finish() {
   struct Unknown {
     std::string key;

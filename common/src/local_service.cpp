@@ -44,12 +44,11 @@ GroupLookup lookupGroup(const std::string& name, gid_t& out, int& err) {
 LocalServiceConfig readLocalServiceConfig(ConfigReader& cfg, const std::filesystem::path& defaultSocket) {
   LocalServiceConfig out;
   out.socket = cfg.str("api.socket", defaultSocket.string());
-  if (out.socket.empty()) throw ConfigError(cfg.source() + ": key 'api.socket': must not be empty");
+  if (out.socket.empty()) cfg.fail("api.socket", "must not be empty");
   out.group = cfg.str("api.group", out.group);
   std::string level = cfg.str("log.level", "info");
   if (!log::parseLevel(level, out.logLevel))
-    throw ConfigError(cfg.source() + ": key 'log.level': unknown level '" + level +
-                      "' (expected err, warning, notice, info or debug)");
+    cfg.fail("log.level", "unknown level '" + level + "' (expected err, warning, notice, info or debug)");
   return out;
 }
 

@@ -69,3 +69,12 @@ TEST_CASE("missing required key") {
   CHECK(msg.find("node.id") != std::string::npos);
   CHECK(msg.find("required") != std::string::npos);
 }
+
+TEST_CASE("a value the caller refuses is reported with its line") {
+  auto msg = errorOf("[node]\n\nid = \"a/b\"\n", [](ConfigReader& r) {
+    if (r.str("node.id", "") == "a/b") r.fail("node.id", "bad characters");
+  });
+  CHECK(msg == "agent.toml:3: key 'node.id': bad characters");
+  auto missing = errorOf("[node]\n", [](ConfigReader& r) { r.fail("node.id", "required"); });
+  CHECK(missing == "agent.toml: key 'node.id': required");
+}

@@ -40,6 +40,10 @@ class ConfigReader {
   std::vector<std::string> strList(std::string_view key, std::vector<std::string> def);
   bool has(std::string_view key) const;
 
+  /// Refuse a value the caller found invalid: throws ConfigError "FILE:LINE: key 'KEY': MESSAGE", with the
+  /// line of the key when it is present in the file.
+  [[noreturn]] void fail(std::string_view key, std::string_view message) const;
+
   /// Throws ConfigError for the first key (in file order) that was never asked for.
   void finish();
   const std::string& source() const;
