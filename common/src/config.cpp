@@ -12,6 +12,7 @@ namespace outrider {
 
 struct ConfigReader::Impl {
   std::string source;
+  std::string text;
   toml::table root;
   std::set<std::string, std::less<>> used;
 
@@ -54,6 +55,7 @@ ConfigReader::~ConfigReader() = default;
 ConfigReader ConfigReader::parse(std::string_view text, std::string source) {
   auto impl = std::make_unique<Impl>();
   impl->source = std::move(source);
+  impl->text = std::string(text);
   try {
     impl->root = toml::parse(text, impl->source);
   } catch (const toml::parse_error& e) {
@@ -73,6 +75,9 @@ ConfigReader ConfigReader::load(const std::filesystem::path& file) {
 }
 
 const std::string& ConfigReader::source() const { return impl_->source; }
+const std::string& ConfigReader::text() const { return impl_->text; }
+
+void ConfigReader::claim(std::string_view key) { impl_->used.insert(std::string(key)); }
 
 bool ConfigReader::has(std::string_view key) const { return bool(impl_->root.at_path(key).node()); }
 

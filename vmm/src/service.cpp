@@ -1,5 +1,7 @@
 #include "outrider/vmm/service.hpp"
 
+#include "outrider/vmm/component.hpp"
+
 namespace outrider::vmm {
 
 LocalDaemonSpec daemonSpec() {
@@ -7,9 +9,13 @@ LocalDaemonSpec daemonSpec() {
   spec.name = std::string(kDaemonName);
   spec.defaultConfig = std::string(kDefaultConfig);
   spec.defaultSocket = std::string(kDefaultSocket);
-  spec.setup = [](ConfigReader&, LocalService& service) {
-    // Guest and container managers register their request handlers here.
-    service.setHealth([] { return Health{true, "no workloads managed yet"}; });
+  spec.setup = [](ConfigReader& cfg, LocalService& service) {
+    auto vms = setupVms(cfg, service);
+    auto cts = setupContainers(cfg, service);
+    service.setHealth([vms, cts] {
+      Health v = vms->health(), c = cts->health();
+      return Health{v.healthy && c.healthy, v.detail + "; " + c.detail};
+    });
   };
   return spec;
 }

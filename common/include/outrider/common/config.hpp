@@ -44,6 +44,12 @@ class ConfigReader {
   /// line of the key when it is present in the file.
   [[noreturn]] void fail(std::string_view key, std::string_view message) const;
 
+  /// Mark a key and everything under it as read by another parser (e.g. the [[tunnel]] tables, which
+  /// parseTunnels in manifest.hpp reads from text()), so finish() does not refuse it.
+  void claim(std::string_view key);
+  /// The whole document as it was read.
+  const std::string& text() const;
+
   /// Throws ConfigError for the first key (in file order) that was never asked for.
   void finish();
   const std::string& source() const;

@@ -1,0 +1,6 @@
+# Host preparation for cgroups for crun (containers); sourced by host-prep.sh.
+# shellcheck shell=bash
+
+host_prep_containers() {
+  :
+}
