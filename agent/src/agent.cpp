@@ -8,6 +8,7 @@
 #include "outrider/agent/journal.hpp"
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/verifier.hpp"
+#include "outrider/agent/workloads.hpp"
 #include "outrider/common/atomic_file.hpp"
 #include "outrider/common/log.hpp"
 #include "outrider/common/topics.hpp"
@@ -30,6 +31,7 @@ struct Agent::Impl {
   std::unique_ptr<CommandProcessor> processor;
   std::unique_ptr<HubSession> hub;
   std::unique_ptr<DaemonMonitor> monitor;
+  std::unique_ptr<Workloads> workloads;
   std::uint64_t eventSeq = 0;
   asio::steady_timer housekeeping;
 
@@ -53,6 +55,10 @@ struct Agent::Impl {
     s.set_uptime_s(static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count()));
     if (hub) s.set_broker(hub->brokerText());
+    if (workloads) {
+      s.set_manifest_version(workloads->manifestVersion());
+      s.set_wireguard_public_key(workloads->wireguardPublicKey());
+    }
     auto* self = s.add_daemons();
     self->set_name("agent");
     self->set_state(DaemonHealth::HEALTHY);
@@ -121,7 +127,8 @@ struct Agent::Impl {
             LOG_WARN("reply to {} not sent: {}; the hub gets it again when it resends the command", r.command_id(),
                      s.error().message);
         },
-        [this] { return status(true); });
+        [this] { return status(true); },
+        [this](const Command& cmd, CommandProcessor::DoneFn done) { workloads->run(cmd, std::move(done)); });
 
     hub = std::make_unique<HubSession>(
         io, cfg.nodeId, cfg.hub,
@@ -136,13 +143,20 @@ struct Agent::Impl {
     monitor = std::make_unique<DaemonMonitor>(
         io, std::vector<DaemonMonitor::Target>{{"vmm", cfg.vmmSocket}, {"netd", cfg.netdSocket}}, cfg.healthInterval,
         [this](const DaemonHealth& h) {
+          workloads->daemonChanged(h);
           hub->refreshStatus();
           publishEvent("agent", "daemon.health", h.name(), DaemonHealth::State_Name(h.state()) + ": " + h.detail());
         },
         [this](const std::string& daemon, const outrider::v1::LocalEvent& ev) {
           publishEvent(daemon, ev.kind(), ev.subject(), ev.detail());
         });
+    workloads = std::make_unique<Workloads>(
+        io, *monitor,
+        WorkloadOptions{.stateDir = cfg.stateDir, .resync = cfg.resyncInterval},
+        [this] { hub->refreshStatus(); });
+    if (auto s = workloads->load(); !s) return s;
     monitor->start();
+    workloads->start();
     hub->start();
     armHousekeeping();
     LOG_INFO("node {}: {} broker(s), first {}", cfg.nodeId, cfg.hub.brokers.size(), cfg.hub.brokers.front().text());
@@ -158,6 +172,7 @@ Status Agent::start() { return impl_->start(); }
 
 void Agent::stop(std::function<void()> done) {
   impl_->housekeeping.cancel();
+  if (impl_->workloads) impl_->workloads->stop();
   if (impl_->monitor) impl_->monitor->stop();
   if (!impl_->hub) return done();
   impl_->hub->stop(std::move(done));

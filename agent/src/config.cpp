@@ -50,6 +50,7 @@ AgentConfig fromReader(ConfigReader& r) {
   c.vmmSocket = r.str("daemons.vmm_socket", c.vmmSocket);
   c.netdSocket = r.str("daemons.netd_socket", c.netdSocket);
   c.healthInterval = std::chrono::seconds(r.integer("daemons.health_interval_s", 5, 1, 3600));
+  c.resyncInterval = std::chrono::seconds(r.integer("daemons.resync_s", 300, 5, 86400));
 
   auto level = r.str("log.level", "info");
   if (!log::parseLevel(level, c.logLevel))

@@ -44,6 +44,13 @@ void DaemonMonitor::stop() {
   for (auto& w : watched_) w->client.close();
 }
 
+void DaemonMonitor::call(const std::string& daemon, outrider::v1::LocalRequest req, std::chrono::milliseconds timeout,
+                         ipc::Client::ReplyFn done) {
+  for (auto& w : watched_)
+    if (w->target.name == daemon) return w->client.call(std::move(req), timeout, std::move(done));
+  done(Error{"no daemon named " + daemon});
+}
+
 std::vector<DaemonHealth> DaemonMonitor::health() const {
   std::vector<DaemonHealth> out;
   for (const auto& w : watched_) out.push_back(w->health);
@@ -74,7 +81,11 @@ void DaemonMonitor::poll() {
                        h.set_detail(hr.detail());
                        h.set_uptime_s(hr.uptime_s());
                      }
-                     bool changed = h.state() != w->health.state() || h.version() != w->health.version();
+                     // A daemon that restarted between two polls shows a smaller uptime: report that too,
+                     // so the agent hands it the desired state again.
+                     bool restarted = h.state() == DaemonHealth::HEALTHY && w->health.state() == DaemonHealth::HEALTHY &&
+                                      h.uptime_s() < w->health.uptime_s();
+                     bool changed = restarted || h.state() != w->health.state() || h.version() != w->health.version();
                      w->health = h;
                      if (changed) {
                        LOG_NOTICE("{}: {}{}", h.name(), DaemonHealth::State_Name(h.state()),

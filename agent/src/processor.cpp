@@ -6,6 +6,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "outrider/common/log.hpp"
+#include "outrider/common/manifest.hpp"
+#include "outrider/common/names.hpp"
 #include "outrider/common/version.hpp"
 
 namespace outrider::agent {
@@ -17,9 +19,49 @@ bool changesNode(const Command& c) {
   return std::visit(
       [](const auto& cmd) {
         using T = std::decay_t<decltype(cmd)>;
-        return !(std::is_same_v<T, PingCommand> || std::is_same_v<T, GetStatusCommand>);
+        if constexpr (std::is_same_v<T, VmCommand>)
+          return cmd.op.op() != outrider::v1::VmCommand::LIST && cmd.op.op() != outrider::v1::VmCommand::CONSOLE;
+        else if constexpr (std::is_same_v<T, ContainerCommand>)
+          return cmd.op.op() != outrider::v1::ContainerCommand::LIST && cmd.op.op() != outrider::v1::ContainerCommand::LOGS;
+        else
+          return !(std::is_same_v<T, PingCommand> || std::is_same_v<T, GetStatusCommand> ||
+                   std::is_same_v<T, TunnelCommand>);
       },
       c);
+}
+
+Status checkCommand(const outrider::v1::CommandBody& b) {
+  using outrider::v1::CommandBody;
+  auto needName = [](const std::string& name, bool needed, const char* what) -> Status {
+    if (!needed) {
+      if (!name.empty()) return Error{std::string(what) + " list takes no name"};
+      return {};
+    }
+    if (!validWorkloadName(name))
+      return Error{std::string(what) + " name '" + name.substr(0, 64) +
+                   "' is invalid: 1-64 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"};
+    return {};
+  };
+  switch (b.command_case()) {
+    case CommandBody::kVm:
+      if (b.vm().op() == outrider::v1::VmCommand::OP_UNSPECIFIED || !outrider::v1::VmCommand::Op_IsValid(b.vm().op()))
+        return Error{"vm command without a known operation"};
+      return needName(b.vm().name(), b.vm().op() != outrider::v1::VmCommand::LIST, "vm");
+    case CommandBody::kCt:
+      if (b.ct().op() == outrider::v1::ContainerCommand::OP_UNSPECIFIED ||
+          !outrider::v1::ContainerCommand::Op_IsValid(b.ct().op()))
+        return Error{"ct command without a known operation"};
+      return needName(b.ct().name(), b.ct().op() != outrider::v1::ContainerCommand::LIST, "container");
+    case CommandBody::kApply:
+      if (!b.apply().has_manifest()) return Error{"apply without a manifest"};
+      if (auto s = validateManifest(b.apply().manifest()); !s) return Error{"manifest: " + s.error().message};
+      return {};
+    case CommandBody::kTunnel:
+      if (b.tunnel().op() != outrider::v1::TunnelCommand::STATUS) return Error{"tunnel command without a known operation"};
+      return {};
+    default:
+      return {};
+  }
 }
 
 namespace {
@@ -27,6 +69,10 @@ Command toCommand(const outrider::v1::CommandBody& b) {
   switch (b.command_case()) {
     case outrider::v1::CommandBody::kPing: return PingCommand{b.ping().hold_ms(), b.ping().payload()};
     case outrider::v1::CommandBody::kGetStatus: return GetStatusCommand{};
+    case outrider::v1::CommandBody::kVm: return VmCommand{b.vm()};
+    case outrider::v1::CommandBody::kCt: return ContainerCommand{b.ct()};
+    case outrider::v1::CommandBody::kApply: return ApplyCommand{b.apply().manifest()};
+    case outrider::v1::CommandBody::kTunnel: return TunnelCommand{b.tunnel()};
     default: return GetStatusCommand{};  // unreachable: the verifier refuses an unset command
   }
 }
@@ -46,7 +92,7 @@ struct CommandProcessor::Run {
 
 CommandProcessor::CommandProcessor(asio::io_context& io, std::string nodeId, const CommandVerifier& verifier,
                                    CommandJournal& journal, const Clock& clock, ProcessorOptions opts,
-                                   PublishFn publish, StatusFn status)
+                                   PublishFn publish, StatusFn status, WorkFn work)
     : io_(io),
       nodeId_(std::move(nodeId)),
       verifier_(verifier),
@@ -54,7 +100,8 @@ CommandProcessor::CommandProcessor(asio::io_context& io, std::string nodeId, con
       clock_(clock),
       opts_(opts),
       publishFn_(std::move(publish)),
-      statusFn_(std::move(status)) {}
+      statusFn_(std::move(status)),
+      workFn_(std::move(work)) {}
 
 CommandProcessor::~CommandProcessor() {
   for (auto& [id, run] : running_) {
@@ -110,6 +157,12 @@ void CommandProcessor::handle(std::string_view payload) {
     }
   }
   if (v.accepted()) v = verifier_.checkTime(std::move(v));
+  if (v.accepted()) {
+    if (auto s = checkCommand(v.body); !s) {
+      v.reason = Reply::MALFORMED;
+      v.message = s.error().message;
+    }
+  }
   if (v.accepted() && running_.size() >= opts_.maxInFlight) {
     v.reason = Reply::BUSY;
     v.message = std::to_string(running_.size()) + " commands already running";
@@ -217,6 +270,19 @@ void CommandProcessor::start(Verdict v) {
           r.set_kind(Reply::SUCCEEDED);
           *r.mutable_status() = statusFn_();
           finish(run, std::move(r));
+        } else {
+          if (!workFn_) {
+            Reply r;
+            r.set_command_id(run->id);
+            r.set_kind(Reply::FAILED);
+            r.set_message("this agent runs no workloads");
+            return finish(run, std::move(r));
+          }
+          workFn_(run->cmd, [this, run](Reply r) {
+            if (run->done) return;  // the deadline answered first, or the processor is gone
+            r.set_command_id(run->id);
+            finish(run, std::move(r));
+          });
         }
       },
       cmd);

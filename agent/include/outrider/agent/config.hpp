@@ -33,6 +33,8 @@ struct AgentConfig {
   std::filesystem::path vmmSocket = "/run/outrider/vmm.sock";
   std::filesystem::path netdSocket = "/run/outrider/netd.sock";
   std::chrono::milliseconds healthInterval{5'000};
+  /// How often the desired state is handed to vmm and netd again even when nothing changed.
+  std::chrono::milliseconds resyncInterval{300'000};
   log::Level logLevel = log::Level::info;
 
   /// Throws ConfigError naming file, line and key.

@@ -19,6 +19,7 @@ class DaemonMonitor {
     std::string name;  // "vmm", "netd"
     std::filesystem::path socket;
   };
+  /// Called when a daemon's state or version changes, or when it restarted between two polls.
   using ChangeFn = std::function<void(const outrider::v1::DaemonHealth& now)>;
   using EventFn = std::function<void(const std::string& daemon, const outrider::v1::LocalEvent&)>;
 
@@ -26,6 +27,10 @@ class DaemonMonitor {
                 ChangeFn onChange, EventFn onEvent);
   void start();
   void stop();
+  /// One request to a daemon ("vmm", "netd"); `done` runs on the loop, with an Error when the daemon is
+  /// unreachable or does not answer within `timeout`.
+  void call(const std::string& daemon, outrider::v1::LocalRequest req, std::chrono::milliseconds timeout,
+            ipc::Client::ReplyFn done);
   /// Latest known health of each daemon, in target order.
   std::vector<outrider::v1::DaemonHealth> health() const;
 

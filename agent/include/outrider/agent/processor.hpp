@@ -22,7 +22,23 @@ struct PingCommand {
   std::string payload;
 };
 struct GetStatusCommand {};
-using Command = std::variant<PingCommand, GetStatusCommand>;
+struct VmCommand {
+  outrider::v1::VmCommand op;
+};
+struct ContainerCommand {
+  outrider::v1::ContainerCommand op;
+};
+struct ApplyCommand {
+  outrider::v1::NodeManifest manifest;
+};
+struct TunnelCommand {
+  outrider::v1::TunnelCommand op;
+};
+using Command = std::variant<PingCommand, GetStatusCommand, VmCommand, ContainerCommand, ApplyCommand, TunnelCommand>;
+
+/// Field checks of a signed body beyond what the verifier does: an operation is set, names are valid,
+/// a manifest passes validateManifest. A failure is a MALFORMED rejection, and nothing runs.
+Status checkCommand(const outrider::v1::CommandBody& body);
 
 /// Read-only commands are journaled without fsync (a replay after power loss is harmless); commands
 /// that change the node are fsynced before they run.
@@ -38,10 +54,14 @@ class CommandProcessor {
  public:
   using PublishFn = std::function<void(const outrider::v1::CommandReply&)>;
   using StatusFn = std::function<outrider::v1::NodeStatus()>;
+  /// Runs the commands that need the local daemons (vm, ct, apply, tunnel). It calls `done` once with
+  /// the final reply (kind SUCCEEDED or FAILED, message, result); a call after the deadline is ignored.
+  using DoneFn = std::function<void(outrider::v1::CommandReply)>;
+  using WorkFn = std::function<void(const Command&, DoneFn done)>;
 
   CommandProcessor(boost::asio::io_context& io, std::string nodeId, const CommandVerifier& verifier,
                    CommandJournal& journal, const Clock& clock, ProcessorOptions opts, PublishFn publish,
-                   StatusFn status);
+                   StatusFn status, WorkFn work = {});
   ~CommandProcessor();
 
   /// One payload from the cmd topic. Never throws; every outcome is a reply.
@@ -67,6 +87,7 @@ class CommandProcessor {
   ProcessorOptions opts_;
   PublishFn publishFn_;
   StatusFn statusFn_;
+  WorkFn workFn_;
   std::map<std::string, std::shared_ptr<Run>> running_;
   Counters counters_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
