@@ -14,6 +14,9 @@
 #include "outrider/ctl/format.hpp"
 #include "outrider/ctl/hub_client.hpp"
 #include "outrider/ctl/ping.hpp"
+#include "outrider/ctl/workload_format.hpp"
+#include "outrider/common/manifest.hpp"
+#include "outrider/common/names.hpp"
 
 namespace outrider::ctl {
 
@@ -238,12 +241,214 @@ Outcome ping(const Invocation& inv, std::ostream& out) {
   return ok();
 }
 
+// ---- signed commands with a result: vm, ct, apply, tunnel ----
+
+// Sign `body` (made by `fill`), send it to `node`, wait for the final reply. `minTimeout` raises the
+// command's validity and wait for operations that take long on the node (a graceful VM stop).
+Result<CommandResult> runSigned(const Invocation& inv, const std::string& node,
+                                const std::function<void(v1::CommandBody&)>& fill, Outcome& usage, std::ostream& out,
+                                std::chrono::milliseconds minTimeout = std::chrono::milliseconds(0)) {
+  const GlobalOptions& g = inv.global;
+  if (g.signKey.empty()) {
+    usage = usageError(fmt::format("{} needs the operator signing key: --sign-key FILE (or OUTRIDER_SIGN_KEY, or "
+                                   "sign_key in ctl.toml)",
+                                   inv.words.front()));
+    return Error{usage.reason};
+  }
+  auto key = crypto::SigningKey::loadFile(g.signKey);
+  if (!key) return Error{fmt::format("cannot load signing key {}: {}", g.signKey, key.error().message)};
+  auto hub = connectHub(g, usage);
+  if (!hub) return hub.error();
+  CommandClient client(**hub, std::move(*key), std::max(g.timeout(), minTimeout));
+  auto body = client.newBody(node);
+  fill(body);
+  auto showProgress = [&](const v1::CommandReply& r) {
+    if (g.json || r.kind() != v1::CommandReply::PROGRESS) return;
+    out << fmt::format("progress {}%{}\n", r.progress_pct(), r.message().empty() ? "" : ": " + r.message());
+    out.flush();
+  };
+  return client.execute(body, showProgress);
+}
+
+Outcome finishSigned(Result<CommandResult> r, const Outcome& usage) {
+  if (!r) return usage.exit ? usage : failure(r.error().message);
+  if (!r->succeeded()) return failure(r->failureText());
+  return ok();
+}
+
+std::optional<Outcome> checkName(const std::string& name, const char* what) {
+  if (!validWorkloadName(name))
+    return usageError(fmt::format("invalid {} name '{}': 1-64 characters of [A-Za-z0-9_.-], not starting with '.' or '-'",
+                                  what, name));
+  return std::nullopt;
+}
+
+Result<std::uint32_t> optionalUint(const Invocation& inv, const char* opt, std::int64_t max) {
+  auto it = inv.local.find(opt);
+  if (it == inv.local.end()) return 0u;
+  auto v = parseInteger(it->second, 1, max, std::string("--") + opt);
+  if (!v) return v.error();
+  return static_cast<std::uint32_t>(*v);
+}
+
+// vm list|start|stop|reboot|delete|console NODE [NAME]
+Outcome vm(const Invocation& inv, std::ostream& out) {
+  static const std::map<std::string, v1::VmCommand::Op> ops{
+      {"list", v1::VmCommand::LIST},     {"start", v1::VmCommand::START},   {"stop", v1::VmCommand::STOP},
+      {"reboot", v1::VmCommand::REBOOT}, {"delete", v1::VmCommand::DELETE}, {"console", v1::VmCommand::CONSOLE}};
+  const char* synopsis = "vm list NODE | vm start|stop|reboot|delete|console NODE NAME";
+  if (inv.words.size() < 2) return usageError(fmt::format("usage: outriderctl {}", synopsis));
+  auto op = ops.find(inv.words[1]);
+  if (op == ops.end()) return usageError(fmt::format("unknown vm command '{}' (usage: outriderctl {})", inv.words[1], synopsis));
+  const bool list = op->second == v1::VmCommand::LIST;
+  std::initializer_list<std::string_view> opts = op->second == v1::VmCommand::STOP      ? std::initializer_list<std::string_view>{"grace"}
+                                                 : op->second == v1::VmCommand::CONSOLE ? std::initializer_list<std::string_view>{"bytes"}
+                                                                                        : std::initializer_list<std::string_view>{};
+  if (auto bad = checkShape(inv, "vm " + inv.words[1], list ? 3 : 4, opts, synopsis)) return *bad;
+  const std::string& node = inv.words[2];
+  if (auto bad = checkNode(node)) return *bad;
+  std::string name = list ? "" : inv.words[3];
+  if (!list)
+    if (auto bad = checkName(name, "VM")) return *bad;
+  auto grace = optionalUint(inv, "grace", 3600);
+  if (!grace) return usageError(grace.error().message);
+  auto bytes = optionalUint(inv, "bytes", 1 << 20);
+  if (!bytes) return usageError(bytes.error().message);
+  Outcome usage;
+  auto r = runSigned(
+      inv, node,
+      [&](v1::CommandBody& b) {
+        auto* c = b.mutable_vm();
+        c->set_op(op->second);
+        c->set_name(name);
+        c->set_timeout_s(*grace);
+        c->set_max_bytes(*bytes);
+      },
+      usage, out, std::chrono::seconds(*grace ? *grace + 30 : 0));
+  if (!r || !r->succeeded()) return finishSigned(std::move(r), usage);
+  const auto& reply = r->reply;
+  const bool json = inv.global.json;
+  switch (op->second) {
+    case v1::VmCommand::LIST:
+      out << (json ? vmListJson(reply.vm_list()) + "\n" : formatVmTable(reply.vm_list(), SystemClock().nowMs()));
+      break;
+    case v1::VmCommand::CONSOLE:
+      if (json)
+        out << fmt::format("{{\"name\":{},\"truncated\":{},\"data\":{}}}\n", jsonQuote(name), reply.console().truncated(),
+                           jsonQuote(reply.console().data()));
+      else
+        out << reply.console().data() << (reply.console().data().empty() || reply.console().data().back() == '\n' ? "" : "\n");
+      break;
+    default:
+      out << (json ? vmJson(reply.vm()) + "\n" : reply.message() + "\n");
+  }
+  return ok();
+}
+
+// ct list|start|stop|delete|logs NODE [NAME]
+Outcome ct(const Invocation& inv, std::ostream& out) {
+  static const std::map<std::string, v1::ContainerCommand::Op> ops{{"list", v1::ContainerCommand::LIST},
+                                                                   {"start", v1::ContainerCommand::START},
+                                                                   {"stop", v1::ContainerCommand::STOP},
+                                                                   {"delete", v1::ContainerCommand::DELETE},
+                                                                   {"logs", v1::ContainerCommand::LOGS}};
+  const char* synopsis = "ct list NODE | ct start|stop|delete|logs NODE NAME";
+  if (inv.words.size() < 2) return usageError(fmt::format("usage: outriderctl {}", synopsis));
+  auto op = ops.find(inv.words[1]);
+  if (op == ops.end()) return usageError(fmt::format("unknown ct command '{}' (usage: outriderctl {})", inv.words[1], synopsis));
+  const bool list = op->second == v1::ContainerCommand::LIST;
+  std::initializer_list<std::string_view> opts = op->second == v1::ContainerCommand::STOP   ? std::initializer_list<std::string_view>{"grace"}
+                                                 : op->second == v1::ContainerCommand::LOGS ? std::initializer_list<std::string_view>{"bytes"}
+                                                                                            : std::initializer_list<std::string_view>{};
+  if (auto bad = checkShape(inv, "ct " + inv.words[1], list ? 3 : 4, opts, synopsis)) return *bad;
+  const std::string& node = inv.words[2];
+  if (auto bad = checkNode(node)) return *bad;
+  std::string name = list ? "" : inv.words[3];
+  if (!list)
+    if (auto bad = checkName(name, "container")) return *bad;
+  auto grace = optionalUint(inv, "grace", 3600);
+  if (!grace) return usageError(grace.error().message);
+  auto bytes = optionalUint(inv, "bytes", 1 << 20);
+  if (!bytes) return usageError(bytes.error().message);
+  Outcome usage;
+  auto r = runSigned(
+      inv, node,
+      [&](v1::CommandBody& b) {
+        auto* c = b.mutable_ct();
+        c->set_op(op->second);
+        c->set_name(name);
+        c->set_timeout_s(*grace);
+        c->set_max_bytes(*bytes);
+      },
+      usage, out, std::chrono::seconds(*grace ? *grace + 30 : 0));
+  if (!r || !r->succeeded()) return finishSigned(std::move(r), usage);
+  const auto& reply = r->reply;
+  const bool json = inv.global.json;
+  switch (op->second) {
+    case v1::ContainerCommand::LIST:
+      out << (json ? containerListJson(reply.ct_list()) + "\n"
+                   : formatContainerTable(reply.ct_list(), SystemClock().nowMs()));
+      break;
+    case v1::ContainerCommand::LOGS:
+      if (json)
+        out << fmt::format("{{\"name\":{},\"truncated\":{},\"stdout\":{},\"stderr\":{}}}\n", jsonQuote(name),
+                           reply.logs().truncated(), jsonQuote(reply.logs().stdout_data()),
+                           jsonQuote(reply.logs().stderr_data()));
+      else
+        out << reply.logs().stdout_data() << reply.logs().stderr_data();
+      break;
+    default:
+      out << (json ? containerJson(reply.ct()) + "\n" : reply.message() + "\n");
+  }
+  return ok();
+}
+
+// apply NODE MANIFEST.toml
+Outcome apply(const Invocation& inv, std::ostream& out) {
+  if (auto bad = checkShape(inv, "apply", 3, {}, "apply NODE MANIFEST.toml")) return *bad;
+  const std::string& node = inv.words[1];
+  if (auto bad = checkNode(node)) return *bad;
+  auto text = readFile(inv.words[2], 4u << 20);
+  if (!text) return failure(fmt::format("cannot read {}: {}", inv.words[2], text.error().message));
+  auto manifest = parseManifest(*text, inv.words[2]);
+  if (!manifest) return usageError(manifest.error().message);
+  Outcome usage;
+  auto r = runSigned(
+      inv, node, [&](v1::CommandBody& b) { *b.mutable_apply()->mutable_manifest() = *manifest; }, usage, out);
+  if (!r) return usage.exit ? usage : failure(r.error().message);
+  if (r->reply.has_apply())
+    out << (inv.global.json ? applyResultJson(r->reply.apply()) + "\n" : formatApplyResult(r->reply.apply()));
+  if (!r->succeeded()) return failure(r->failureText());
+  return ok();
+}
+
+// tunnel status NODE
+Outcome tunnel(const Invocation& inv, std::ostream& out) {
+  if (inv.words.size() < 2 || inv.words[1] != "status")
+    return usageError(inv.words.size() < 2 ? "usage: outriderctl tunnel status NODE"
+                                           : fmt::format("unknown tunnel command '{}'", inv.words[1]));
+  if (auto bad = checkShape(inv, "tunnel status", 3, {}, "tunnel status NODE")) return *bad;
+  const std::string& node = inv.words[2];
+  if (auto bad = checkNode(node)) return *bad;
+  Outcome usage;
+  auto r = runSigned(
+      inv, node, [&](v1::CommandBody& b) { b.mutable_tunnel()->set_op(v1::TunnelCommand::STATUS); }, usage, out);
+  if (!r || !r->succeeded()) return finishSigned(std::move(r), usage);
+  out << (inv.global.json ? tunnelsJson(r->reply.tunnels()) + "\n"
+                          : formatTunnels(r->reply.tunnels(), SystemClock().nowMs()));
+  return ok();
+}
+
 Outcome dispatch(const Invocation& inv, std::ostream& out) {
   const std::string& cmd = inv.words.front();
   if (cmd == "keys") return keysGen(inv, out);
   if (cmd == "nodes") return nodes(inv, out);
   if (cmd == "status") return status(inv, out);
   if (cmd == "ping") return ping(inv, out);
+  if (cmd == "vm") return vm(inv, out);
+  if (cmd == "ct") return ct(inv, out);
+  if (cmd == "apply") return apply(inv, out);
+  if (cmd == "tunnel") return tunnel(inv, out);
   return usageError(fmt::format("unknown command '{}' (see outriderctl --help)", cmd));
 }
 
@@ -266,6 +471,19 @@ Commands:
   ping NODE [--count N] [--hold MS]
                           send signed pings and wait for the replies; with --count > 1,
                           print round-trip statistics
+  vm list NODE            the node's VMs: state, accelerator, vCPUs, memory, CPU time
+  vm start|stop|reboot|delete NODE NAME [--grace S]
+                          act on one VM (stop: ACPI shutdown, forced off after S seconds)
+  vm console NODE NAME [--bytes N]
+                          the tail of a VM's serial console log
+  ct list NODE            the node's containers: state, exit code, restarts, memory
+  ct start|stop|delete NODE NAME [--grace S]
+                          act on one container (stop: SIGTERM, SIGKILL after S seconds)
+  ct logs NODE NAME [--bytes N]
+                          the tail of a container's stdout and stderr
+  apply NODE MANIFEST.toml
+                          push desired state (VMs, containers, tunnels); see docs/manifest.md
+  tunnel status NODE      WireGuard tunnels: active hub, failovers, per-hub health and counters
   help                    show this help
 
 Options (before or after the command):
