@@ -60,7 +60,14 @@ void HubSession::attempt() {
                    },
                .closed = [this, b](std::string reason) { scheduleRetry(b.text() + ": " + reason); },
                .message = [this](const std::string& t, std::string p) { h_.message(t, std::move(p)); },
-               .published = nullptr,
+               .published =
+                   [this](int mid) {
+                     auto it = tracked_.find(mid);
+                     if (it == tracked_.end()) return;
+                     auto done = std::move(it->second);
+                     tracked_.erase(it);
+                     done(true);
+                   },
            });
   conn_ = conn;
   if (auto s = conn->start(o); !s) {
@@ -77,7 +84,28 @@ void HubSession::attempt() {
   });
 }
 
+void HubSession::failTracked() {
+  // Message ids belong to one connection: whatever was not acknowledged on it never will be.
+  auto pending = std::move(tracked_);
+  tracked_.clear();
+  for (auto& [mid, done] : pending) asio::post(io_, [d = std::move(done)] { d(false); });
+}
+
+void HubSession::publishTracked(const std::string& topic, std::string payload, std::function<void(bool)> done) {
+  if (!connected()) {
+    asio::post(io_, [d = std::move(done)] { d(false); });
+    return;
+  }
+  auto mid = conn_->publish(topic, payload, 1, false);
+  if (!mid) {
+    asio::post(io_, [d = std::move(done)] { d(false); });
+    return;
+  }
+  tracked_[*mid] = std::move(done);
+}
+
 void HubSession::scheduleRetry(const std::string& reason) {
+  failTracked();
   if (stopping_) return finishStop();
   connectTimer_.cancel();
   bool wasConnected = !brokerText_.empty();
@@ -137,6 +165,7 @@ void HubSession::stop(std::function<void()> done) {
 }
 
 void HubSession::finishStop() {
+  failTracked();
   connectTimer_.cancel();
   if (conn_) conn_->abort();
   if (auto d = std::move(stopDone_)) {

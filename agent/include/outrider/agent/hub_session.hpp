@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -38,6 +39,10 @@ class HubSession {
   const std::string& brokerText() const { return brokerText_; }
   /// QoS 1 publish on the current connection; Error when offline.
   Status publish(const std::string& topic, std::string_view payload, bool retain = false);
+  /// QoS 1 publish whose outcome matters (telemetry): `done(true)` once the broker's PUBACK arrives,
+  /// `done(false)` when the session is lost (or the agent stops) before it, or at once when offline.
+  /// Called on the loop, never inside this call.
+  void publishTracked(const std::string& topic, std::string payload, std::function<void(bool acked)> done);
   /// Re-publish the retained online status (after a health change).
   void refreshStatus();
   std::uint64_t connects() const { return connects_; }
@@ -46,6 +51,7 @@ class HubSession {
   void attempt();
   void scheduleRetry(const std::string& reason);
   void finishStop();
+  void failTracked();
 
   boost::asio::io_context& io_;
   std::string nodeId_;
@@ -61,6 +67,7 @@ class HubSession {
   std::uint64_t connects_ = 0;
   bool stopping_ = false;
   std::function<void()> stopDone_;
+  std::map<int, std::function<void(bool)>> tracked_;  // message id -> completion, on the current connection
 };
 
 }  // namespace outrider::agent
