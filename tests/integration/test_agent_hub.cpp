@@ -12,6 +12,7 @@
 #include "support/commands.hpp"
 #include "support/mqtt_fixture.hpp"
 #include "support/process.hpp"
+#include "support/sandbox_config.hpp"
 
 using namespace outrider;
 using namespace outrider::test;
@@ -73,8 +74,10 @@ struct Node {
                                       << "[daemons]\nvmm_socket = \"" << (dir / "vmm.sock").string() << "\"\n"
                                       << "netd_socket = \"" << (dir / "netd.sock").string() << "\"\n"
                                       << "health_interval_s = 1\n";
-    std::ofstream(dir / "vmm.toml") << "[api]\nsocket = \"" << (dir / "vmm.sock").string() << "\"\ngroup = \"\"\n";
-    std::ofstream(dir / "netd.toml") << "[api]\nsocket = \"" << (dir / "netd.sock").string() << "\"\ngroup = \"\"\n";
+    std::ofstream(dir / "vmm.toml") << "[api]\nsocket = \"" << (dir / "vmm.sock").string() << "\"\ngroup = \"\"\n"
+                                    << vmmSandboxConfig(dir.path());
+    std::ofstream(dir / "netd.toml") << "[api]\nsocket = \"" << (dir / "netd.sock").string() << "\"\ngroup = \"\"\n"
+                                     << netdSandboxConfig(dir.path());
   }
 
   void startAgentProcess() {

@@ -17,6 +17,7 @@
 #include "outrider/common/ipc.hpp"
 #include "outrider/common/version.hpp"
 #include "support/process.hpp"
+#include "support/sandbox_config.hpp"
 #include "unit/test_ipc_support.hpp"
 
 namespace outrider::test {
@@ -27,7 +28,11 @@ class DaemonFixture {
   DaemonFixture(std::string exe, std::string extraConfig = "") : exe_(std::move(exe)) {
     socket_ = dir_ / "api.sock";
     config_ = dir_ / (exe_ + ".toml");
-    std::ofstream(config_) << "[api]\nsocket = \"" << socket_.string() << "\"\n" << extraConfig;
+    std::string sandbox = exe_ == "outrider-vmm"    ? vmmSandboxConfig(dir_.path())
+                          : exe_ == "outrider-netd" ? netdSandboxConfig(dir_.path())
+                                                    : "";
+    // The sandbox sections come last, so line numbers in `extraConfig` stay as the caller wrote them.
+    std::ofstream(config_) << "[api]\nsocket = \"" << socket_.string() << "\"\n" << extraConfig << sandbox;
     proc_.emplace(std::vector<std::string>{binary(exe_).string(), "--config", config_.string()}, dir_ / "log");
   }
 
@@ -59,6 +64,7 @@ class DaemonFixture {
 };
 
 /// The checks both daemons share; `name` is the daemon's executable and reported name.
+/// `detail` is the start of the health detail the daemon reports.
 inline void checkHealthAndCleanStop(const std::string& name, const std::string& detail) {
   DaemonFixture d(name, "[log]\nlevel = \"debug\"\n");
   auto h = d.health();
@@ -67,7 +73,7 @@ inline void checkHealthAndCleanStop(const std::string& name, const std::string& 
   CHECK(h->health().daemon() == name);
   CHECK(h->health().version() == std::string(outrider::version()));
   CHECK(h->health().healthy());
-  CHECK(h->health().detail() == detail);
+  CHECK_MESSAGE(h->health().detail().rfind(detail, 0) == 0, h->health().detail());
 
   // Without the "outrider" group on this host the daemon must say so and carry on.
   if (!::getgrnam("outrider")) CHECK(d.process().log().find("group 'outrider'") != std::string::npos);
