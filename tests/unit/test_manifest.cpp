@@ -155,6 +155,9 @@ probe_interval_ms = 1000
   name = "home"
   endpoint = "10.99.1.2:51820"
   tier = 0
+  public_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+  allowed_ips = ["10.99.200.0/24"]
+  probe_address = "10.99.100.1"
 )";
   auto cfg = outrider::ConfigReader::parse(text, "netd.toml");
   cfg.claim("tunnel");

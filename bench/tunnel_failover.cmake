@@ -1,0 +1,3 @@
+add_executable(bench_tunnel_failover ${CMAKE_CURRENT_LIST_DIR}/tunnel_failover.cpp)
+target_link_libraries(bench_tunnel_failover PRIVATE outrider_netd outrider_testsupport)
+add_dependencies(bench_tunnel_failover outrider-netd)
