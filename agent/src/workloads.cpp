@@ -102,9 +102,10 @@ void Workloads::armResync() {
 void Workloads::daemonChanged(const v1::DaemonHealth& h) {
   if (stopped_ || h.state() != v1::DaemonHealth::HEALTHY) return;
   if (manifest_) {
-    push(h.name(), [name = h.name()](Result<v1::ApplyResult> r) {
+    push(h.name(), [this, name = h.name()](Result<v1::ApplyResult> r) {
       if (!r) LOG_WARN("desired state to {}: {}", name, r.error().message);
       else LOG_INFO("desired state handed to {} (manifest version {})", name, r->manifest_version());
+      if (name == "netd" && !stopped_) learnWireguardKey();
     });
   }
   if (h.name() == "netd") learnWireguardKey();
@@ -241,7 +242,11 @@ void Workloads::apply(const v1::NodeManifest& m, CommandProcessor::DoneFn done) 
     g->done(std::move(reply));
   };
   push("vmm", collect);
-  push("netd", collect);
+  // netd makes the node's key with its first tunnel: learn it once the tunnels are applied.
+  push("netd", [this, collect](Result<v1::ApplyResult> r) {
+    if (r && !stopped_) learnWireguardKey();
+    collect(std::move(r));
+  });
 }
 
 void Workloads::query(const std::string& daemon, v1::LocalRequest req, std::chrono::milliseconds timeout,

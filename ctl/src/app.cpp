@@ -439,6 +439,46 @@ Outcome tunnel(const Invocation& inv, std::ostream& out) {
   return ok();
 }
 
+// events [NODE] [--count N] [--for S]: NodeEvents as they arrive, until N of them or S seconds.
+Outcome events(const Invocation& inv, std::ostream& out) {
+  if (inv.words.size() > 2) return usageError(fmt::format("unexpected argument '{}'", inv.words[2]));
+  if (auto bad = checkShape(inv, "events", inv.words.size(), {"count", "for"}, "events [NODE] [--count N] [--for S]"))
+    return *bad;
+  std::string node = inv.words.size() == 2 ? inv.words[1] : "+";
+  if (node != "+")
+    if (auto bad = checkNode(node)) return *bad;
+  auto count = optionalUint(inv, "count", 1'000'000'000);
+  if (!count) return usageError(count.error().message);
+  auto seconds = optionalUint(inv, "for", 365 * 86400);
+  if (!seconds) return usageError(seconds.error().message);
+  Outcome usage;
+  auto hub = connectHub(inv.global, usage);
+  if (!hub) return usage.exit ? usage : failure(hub.error().message);
+  if (auto st = (*hub)->subscribe(topics::events(node), inv.global.timeout()); !st) return failure(st.error().message);
+  const auto deadline = *seconds ? HubClient::Clock::now() + std::chrono::seconds(*seconds) : HubClient::Clock::time_point::max();
+  std::uint32_t seen = 0;
+  while (!*count || seen < *count) {
+    auto msg = (*hub)->nextMessage(deadline);
+    if (!msg) {
+      if (msg.error().code == kHubTimeout) break;
+      return failure(msg.error().message);
+    }
+    v1::NodeEvent ev;
+    if (!ev.ParseFromString(msg->payload)) continue;
+    ++seen;
+    if (inv.global.json)
+      out << fmt::format("{{\"node\":{},\"seq\":{},\"at_ms\":{},\"source\":{},\"kind\":{},\"subject\":{},\"detail\":{}}}\n",
+                         jsonQuote(ev.node_id()), ev.seq(), ev.at_ms(), jsonQuote(ev.source()), jsonQuote(ev.kind()),
+                         jsonQuote(ev.subject()), jsonQuote(ev.detail()));
+    else
+      out << fmt::format("{}  {}  {}  {}  {}  {}\n", formatTimestamp(ev.at_ms()), ev.node_id(), ev.source(), ev.kind(),
+                         ev.subject(), ev.detail());
+    out.flush();
+  }
+  if (*count && seen < *count) return failure(fmt::format("{} of {} events seen before the time ran out", seen, *count));
+  return ok();
+}
+
 Outcome dispatch(const Invocation& inv, std::ostream& out) {
   const std::string& cmd = inv.words.front();
   if (cmd == "keys") return keysGen(inv, out);
@@ -449,6 +489,7 @@ Outcome dispatch(const Invocation& inv, std::ostream& out) {
   if (cmd == "ct") return ct(inv, out);
   if (cmd == "apply") return apply(inv, out);
   if (cmd == "tunnel") return tunnel(inv, out);
+  if (cmd == "events") return events(inv, out);
   return usageError(fmt::format("unknown command '{}' (see outriderctl --help)", cmd));
 }
 
@@ -484,6 +525,9 @@ Commands:
   apply NODE MANIFEST.toml
                           push desired state (VMs, containers, tunnels); see docs/manifest.md
   tunnel status NODE      WireGuard tunnels: active hub, failovers, per-hub health and counters
+  events [NODE] [--count N] [--for S]
+                          print node events (VM, container and tunnel changes, daemon health) as
+                          they arrive, until N events or S seconds (default: until interrupted)
   help                    show this help
 
 Options (before or after the command):

@@ -148,6 +148,8 @@ std::string formatStatus(std::string_view node, const v1::NodeStatus& s, std::in
       {"arch:", orDash(s.arch())},
       {"uptime:", s.uptime_s() > 0 ? formatDuration(s.uptime_s()) : std::string("-")},
       {"broker:", orDash(s.broker())},
+      {"manifest:", s.manifest_version() ? "version " + std::to_string(s.manifest_version()) : std::string("-")},
+      {"wireguard key:", orDash(s.wireguard_public_key())},
       {"updated:", updated},
   });
   out += '\n';
@@ -172,10 +174,10 @@ std::string statusJson(std::string_view node, const v1::NodeStatus& s) {
   daemons += ']';
   return fmt::format(
       "{{\"node\":{},\"state\":{},\"online\":{},\"version\":{},\"hostname\":{},\"arch\":{},\"uptime_s\":{},"
-      "\"broker\":{},\"at_ms\":{},\"daemons\":{}}}",
+      "\"broker\":{},\"manifest_version\":{},\"wireguard_public_key\":{},\"at_ms\":{},\"daemons\":{}}}",
       jsonQuote(node), jsonQuote(s.online() ? "online" : "offline"), s.online() ? "true" : "false",
       jsonQuote(s.version()), jsonQuote(s.hostname()), jsonQuote(s.arch()), s.uptime_s(), jsonQuote(s.broker()),
-      s.at_ms(), daemons);
+      s.manifest_version(), jsonQuote(s.wireguard_public_key()), s.at_ms(), daemons);
 }
 
 }  // namespace outrider::ctl

@@ -19,6 +19,8 @@ v1::NodeStatus sampleStatus(bool online) {
   s.set_broker("mqtts://hub-a:8883");
   s.set_hostname("edge-1");
   s.set_arch("arm64");
+  s.set_manifest_version(4);
+  s.set_wireguard_public_key("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=");
   auto add = [&](const char* name, v1::DaemonHealth::State st, const char* detail) {
     auto* d = s.add_daemons();
     d->set_name(name);
@@ -82,14 +84,16 @@ TEST_CASE("a node without daemons") {
 TEST_CASE("status detail view") {
   std::string t = formatStatus("n1", sampleStatus(true), kNow);
   CHECK(t ==
-        "node:      n1\n"
-        "state:     online\n"
-        "version:   0.1.0\n"
-        "hostname:  edge-1\n"
-        "arch:      arm64\n"
-        "uptime:    3h 12m\n"
-        "broker:    mqtts://hub-a:8883\n"
-        "updated:   2023-11-14T22:14:57Z (3s ago)\n"
+        "node:           n1\n"
+        "state:          online\n"
+        "version:        0.1.0\n"
+        "hostname:       edge-1\n"
+        "arch:           arm64\n"
+        "uptime:         3h 12m\n"
+        "broker:         mqtts://hub-a:8883\n"
+        "manifest:       version 4\n"
+        "wireguard key:  yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n"
+        "updated:        2023-11-14T22:14:57Z (3s ago)\n"
         "\n"
         "NAME   STATE        VERSION  UPTIME  DETAIL\n"
         "agent  healthy      0.1.0    1m 5s   -\n"
@@ -102,7 +106,8 @@ TEST_CASE("status and nodes JSON") {
   s.mutable_daemons(1)->set_detail("quote \" backslash \\ newline \n");
   std::string j = statusJson("n1", s);
   CHECK(j.rfind("{\"node\":\"n1\",\"state\":\"offline\",\"online\":false,\"version\":\"0.1.0\",\"hostname\":\"edge-1\","
-                "\"arch\":\"arm64\",\"uptime_s\":11525,\"broker\":\"mqtts://hub-a:8883\",\"at_ms\":1700000097000,"
+                "\"arch\":\"arm64\",\"uptime_s\":11525,\"broker\":\"mqtts://hub-a:8883\",\"manifest_version\":4,"
+                "\"wireguard_public_key\":\"yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\",\"at_ms\":1700000097000,"
                 "\"daemons\":[{\"name\":\"agent\",\"state\":\"healthy\"",
                 0) == 0);
   CHECK(j.find("\"detail\":\"quote \\\" backslash \\\\ newline \\n\"") != std::string::npos);
