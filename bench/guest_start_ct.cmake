@@ -1,0 +1,3 @@
+add_executable(bench_guest_start_ct ${CMAKE_CURRENT_LIST_DIR}/guest_start_ct.cpp)
+target_link_libraries(bench_guest_start_ct PRIVATE outrider_vmm outrider_testsupport)
+add_dependencies(bench_guest_start_ct outrider-vmm outrider-ctshim)
