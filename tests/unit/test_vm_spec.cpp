@@ -199,6 +199,11 @@ TEST_CASE("specHash ignores `stopped` but not anything that goes into the domain
   CHECK(specHash(s, "kvm") != h);
   CHECK(hashFromMetadata(metadataXml(h)) == h);
   CHECK(hashFromMetadata("<x:vm xmlns:x='u'><x:spec-hash>abc</x:spec-hash></x:vm>") == "abc");
+  // The defining vmm's instance id rides along; domains from before instance ids have none.
+  CHECK(instanceFromMetadata(metadataXml(h, "0123abcd")) == "0123abcd");
+  CHECK(hashFromMetadata(metadataXml(h, "0123abcd")) == h);
+  CHECK(instanceFromMetadata(metadataXml(h)) == "");
+  CHECK(instanceFromMetadata("<y:vm xmlns:y='u'><y:spec-hash>a</y:spec-hash><y:instance>ff</y:instance></y:vm>") == "ff");
   CHECK(validMac(stableMac("anything")));
   CHECK(stableMac("a") != stableMac("b"));
 }

@@ -82,6 +82,8 @@ struct LibvirtBackend::Impl {
     return d;
   }
 
+  std::string instance;  // set before the worker starts
+
   DomainRecord record(virDomainPtr d) {
     DomainRecord r;
     if (const char* n = virDomainGetName(d)) r.name = n;
@@ -112,8 +114,9 @@ struct LibvirtBackend::Impl {
                                    VIR_DOMAIN_AFFECT_CONFIG));
     if (!meta) meta.reset(virDomainGetMetadata(d, VIR_DOMAIN_METADATA_ELEMENT, std::string(kMetadataUri).c_str(), 0));
     if (meta) {
-      r.managed = true;
-      r.specHash = hashFromMetadata(meta.get());
+      auto inst = instanceFromMetadata(meta.get());
+      r.managed = inst.empty() || inst == instance;
+      if (r.managed) r.specHash = hashFromMetadata(meta.get());
     }
     return r;
   }
@@ -124,6 +127,8 @@ LibvirtBackend::LibvirtBackend(std::string uri) : uri_(std::move(uri)), impl_(st
 }
 
 LibvirtBackend::~LibvirtBackend() { disconnect(); }
+
+void LibvirtBackend::setInstance(std::string instance) { impl_->instance = std::move(instance); }
 
 void LibvirtBackend::setCloseHandler(CloseFn fn) {
   std::lock_guard lk(impl_->mu);

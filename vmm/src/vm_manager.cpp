@@ -263,6 +263,7 @@ Status VmManager::defineVm(const DesiredVm& vm) {
   DomainParams p;
   p.accel = opts_.accel;
   p.hash = specHash(s, opts_.accel);
+  p.instance = opts_.instance;
   p.consoleLog = consoleLog(s.name());
   // A redefinition must carry the domain's UUID, or libvirt takes it for a second domain of that name.
   if (auto rec = backend_.lookup(s.name()); rec && *rec) p.uuid = (*rec)->uuid;

@@ -15,6 +15,8 @@
 #include <mutex>
 #include <thread>
 
+#include "outrider/common/atomic_file.hpp"
+#include "outrider/common/crypto.hpp"
 #include "outrider/common/log.hpp"
 #include "outrider/vmm/component.hpp"
 #include "outrider/vmm/libvirt_backend.hpp"
@@ -171,7 +173,29 @@ class VmComponent : public Component, public std::enable_shared_from_this<VmComp
 
   // ---- worker thread
 
+  // Every domain this vmm defines carries its instance id, so two vmm instances on one libvirt daemon
+  // (a test next to a demo, or a second node on a lab box) never take each other's guests for their own.
+  std::string loadInstanceId() {
+    auto path = cfg_.opts.stateDir / "instance-id";
+    if (auto text = readFile(path, 256); text) {
+      std::string id = *text;
+      while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+      if (id.size() == 32 && id.find_first_not_of("0123456789abcdef") == std::string::npos) return id;
+      LOG_WARN("VMs: {} is not an instance id; making a new one", path.string());
+    }
+    std::string bytes(16, '\0');
+    std::ifstream("/dev/urandom", std::ios::binary).read(bytes.data(), 16);
+    auto id = crypto::hex(bytes);
+    // 0755: QEMU (its own user) must reach the overlays below it.
+    if (auto st = makeDirs(cfg_.opts.stateDir, 0755); !st) LOG_ERR("VMs: {}", st.error().message);
+    if (auto st = writeFileAtomic(path, id + "\n", 0600); !st)
+      LOG_ERR("VMs: cannot store the instance id: {}; this run's domains will look foreign to the next", st.error().message);
+    return id;
+  }
+
   void init() {
+    cfg_.opts.instance = loadInstanceId();
+    backend_.setInstance(cfg_.opts.instance);
     auto choice = chooseAccel(cfg_.accel, cfg_.opts.stateDir / "accel-probe");
     LOG_NOTICE("VMs: accelerator {} ({})", choice.accel, choice.why);
     cfg_.opts.accel = choice.accel;

@@ -199,9 +199,20 @@ bool validMac(std::string_view mac) {
   return (first & 1) == 0;
 }
 
-std::string metadataXml(std::string_view hash) {
-  return fmt::format("<{0}:vm xmlns:{0}=\"{1}\"><{0}:spec-hash>{2}</{0}:spec-hash></{0}:vm>", kMetadataPrefix,
-                     kMetadataUri, xmlEscape(hash));
+std::string metadataXml(std::string_view hash, std::string_view instance) {
+  std::string inst = instance.empty() ? std::string()
+                                      : fmt::format("<{0}:instance>{1}</{0}:instance>", kMetadataPrefix, xmlEscape(instance));
+  return fmt::format("<{0}:vm xmlns:{0}=\"{1}\"><{0}:spec-hash>{2}</{0}:spec-hash>{3}</{0}:vm>", kMetadataPrefix,
+                     kMetadataUri, xmlEscape(hash), inst);
+}
+
+std::string instanceFromMetadata(std::string_view xml) {
+  auto pos = xml.find("instance>");
+  if (pos == std::string_view::npos) return "";
+  pos += 9;
+  auto end = xml.find('<', pos);
+  if (end == std::string_view::npos) return "";
+  return std::string(xml.substr(pos, end - pos));
 }
 
 std::string hashFromMetadata(std::string_view xml) {
@@ -222,7 +233,7 @@ std::string domainXml(const v1::VmSpec& spec, const HostInfo& host, const Domain
   add(fmt::format("<domain type='{}'>\n", p.accel == "kvm" ? "kvm" : "qemu"));
   add(fmt::format("  <name>{}</name>\n", xmlEscape(spec.name())));
   if (!p.uuid.empty()) add(fmt::format("  <uuid>{}</uuid>\n", xmlEscape(p.uuid)));
-  add(fmt::format("  <metadata>{}</metadata>\n", metadataXml(p.hash)));
+  add(fmt::format("  <metadata>{}</metadata>\n", metadataXml(p.hash, p.instance)));
   add(fmt::format("  <memory unit='MiB'>{}</memory>\n", spec.memory_mib()));
   add(fmt::format("  <vcpu>{}</vcpu>\n", spec.vcpus()));
   add("  <os>\n");

@@ -28,6 +28,9 @@ class LibvirtBackend : public VmBackend {
   /// Called (on the event loop) when libvirt reports the connection closed: libvirtd went away, or
   /// keepalive timed out.
   void setCloseHandler(CloseFn fn);
+  /// Count as managed only domains whose metadata names this instance (or none: defined before
+  /// instance ids). Another vmm's domains on the same libvirt daemon are foreign: never touched.
+  void setInstance(std::string instance);
   const std::string& uri() const { return uri_; }
 
   bool connected() const override { return connected_.load(); }

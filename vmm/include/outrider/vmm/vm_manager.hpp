@@ -25,6 +25,7 @@ struct ManagerOptions {
   AdmissionLimits limits;
   std::chrono::milliseconds stopTimeout{30000};              // ACPI shutdown, then destroy
   std::uint64_t consoleMaxBytes = 1u << 20;                  // default cap of a console log
+  std::string instance;                                      // this vmm's id, written into every domain it defines
 };
 
 /// One VM of the desired set: the spec as the manifest gave it, and whether it should run (the

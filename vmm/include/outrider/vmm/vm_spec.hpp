@@ -69,13 +69,16 @@ struct DomainParams {
   std::filesystem::path consoleLog;
   std::string hash;                               // specHash, stored in the metadata
   std::string uuid;                               // the existing domain's, when redefining (else libvirt picks one)
+  std::string instance;                           // the defining vmm's instance id, stored in the metadata
 };
 
 /// The libvirt domain XML for a spec: every string from the spec is escaped.
 std::string domainXml(const v1::VmSpec& spec, const HostInfo& host, const DomainParams& params);
 
 /// The metadata element alone (what virDomainGetMetadata returns for kMetadataUri).
-std::string metadataXml(std::string_view hash);
+std::string metadataXml(std::string_view hash, std::string_view instance = {});
+/// The instance id out of a metadata element, "" if none (domains defined before instance ids).
+std::string instanceFromMetadata(std::string_view xml);
 /// The hash out of a metadata element, "" if none.
 std::string hashFromMetadata(std::string_view xml);
 
