@@ -12,7 +12,7 @@
 
 namespace outrider {
 
-namespace v1 = outrider::v1;
+
 
 namespace {
 

@@ -1,7 +1,7 @@
 # Short, bounded libFuzzer runs of the targets that ./scripts/test builds into build-fuzz/ with clang.
 # A missing fuzz binary fails the test: the suite never counts a fuzzer it did not run.
 set(OUTRIDER_FUZZ_DIR "${CMAKE_SOURCE_DIR}/build-fuzz/tests/fuzz" CACHE PATH "Where the libFuzzer targets are built")
-foreach(target fuzz_envelope)
+foreach(target fuzz_envelope fuzz_line_protocol)
   add_test(NAME ${target}
     COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
             ${OUTRIDER_FUZZ_DIR}/${target} -runs=50000 -max_len=4096 -seed=1 -timeout=10)

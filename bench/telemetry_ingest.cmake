@@ -1,0 +1,2 @@
+add_executable(bench_telemetry_ingest ${CMAKE_CURRENT_LIST_DIR}/telemetry_ingest.cpp)
+target_link_libraries(bench_telemetry_ingest PRIVATE outrider_agent outrider_testsupport)
