@@ -21,6 +21,7 @@
 #include "outrider/ctl/ping.hpp"
 #include "support/mqtt_fixture.hpp"
 #include "support/process.hpp"
+#include "support/sandbox_config.hpp"
 
 using namespace outrider;
 using namespace std::chrono_literals;
@@ -101,7 +102,7 @@ int main(int argc, char** argv) {
                                     << "[commands]\noperator_keys = [\"ed25519:" << crypto::base64(op.publicKey().raw())
                                     << "\"]\n[daemons]\nvmm_socket = \"" << (dir / "vmm.sock").string()
                                     << "\"\nnetd_socket = \"" << (dir / "netd.sock").string() << "\"\n"
-                                    << "[log]\nlevel = \"warning\"\n";
+                                    << "[log]\nlevel = \"warning\"\n" << test::agentSandboxConfig(dir.path());
   test::Process agent({test::binary("outrider-agent").string(), "--config", (dir / "agent.toml").string()},
                       dir / "agent.log");
 

@@ -6,6 +6,8 @@
 #include "outrider/agent/daemon_monitor.hpp"
 #include "outrider/agent/hub_session.hpp"
 #include "outrider/agent/journal.hpp"
+#include "outrider/agent/node_sources.hpp"
+#include "outrider/agent/telemetry_service.hpp"
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/verifier.hpp"
 #include "outrider/agent/workloads.hpp"
@@ -32,6 +34,19 @@ struct Agent::Impl {
   std::unique_ptr<HubSession> hub;
   std::unique_ptr<DaemonMonitor> monitor;
   std::unique_ptr<Workloads> workloads;
+  // Telemetry batches go out over the hub session, QoS 1, dropped from the spool only on PUBACK.
+  struct HubSink final : TelemetrySink {
+    Impl& self;
+    explicit HubSink(Impl& s) : self(s) {}
+    bool online() const override { return self.hub && self.hub->connected(); }
+    void publish(std::string payload, std::function<void(bool)> done) override {
+      if (!self.hub) return done(false);
+      self.hub->publishTracked(topics::telemetry(self.cfg.nodeId), std::move(payload), std::move(done));
+    }
+  };
+  HubSink sink{*this};
+  std::unique_ptr<TelemetryService> telemetry;
+  std::string telemetryProblem;
   std::uint64_t eventSeq = 0;
   asio::steady_timer housekeeping;
 
@@ -67,7 +82,9 @@ struct Agent::Impl {
     self->set_checked_at_ms(s.at_ms());
     if (processor)
       self->set_detail(std::to_string(processor->counters().received) + " commands received, " +
-                       std::to_string(processor->inFlight()) + " running");
+                       std::to_string(processor->inFlight()) + " running" +
+                       (telemetryProblem.empty() ? "" : "; telemetry off: " + telemetryProblem));
+    if (!telemetryProblem.empty()) self->set_state(DaemonHealth::DEGRADED);
     if (monitor)
       for (auto& h : monitor->health()) *s.add_daemons() = h;
     return s;
@@ -99,6 +116,38 @@ struct Agent::Impl {
       pruneJournal();
       armHousekeeping();
     });
+  }
+
+  void startTelemetry() {
+    telemetry = std::make_unique<TelemetryService>(io, cfg.nodeId, cfg.telemetry, sink, clock);
+    telemetry->addSource(makeVmmSource(*monitor));
+    telemetry->addSource(makeNetdSource(*monitor));
+    telemetry->addSource(makeAgentSource([this] {
+      std::vector<Sample> out;
+      auto add = [&](const char* field, double v) {
+        out.push_back(Sample{outrider::v1::TELEMETRY_STREAM_AGENT, "agent", {}, field, v});
+      };
+      if (processor) {
+        const auto& c = processor->counters();
+        add("commands_in_flight", static_cast<double>(processor->inFlight()));
+        add("commands_received", static_cast<double>(c.received));
+        add("commands_rejected", static_cast<double>(c.rejected));
+        add("commands_failed", static_cast<double>(c.failed));
+      }
+      if (telemetry) {
+        auto t = telemetry->counters();
+        add("telemetry_series", static_cast<double>(t.seriesActive));
+        add("telemetry_publish_failures", static_cast<double>(t.publishFailures));
+      }
+      add("hub_connects", hub ? static_cast<double>(hub->connects()) : 0);
+      return out;
+    }));
+    // Telemetry is not worth refusing commands over: without it the agent serves on and says why.
+    if (auto s = telemetry->start(); !s) {
+      telemetryProblem = s.error().message;
+      LOG_ERR("telemetry: {}; running without telemetry", s.error().message);
+      telemetry.reset();
+    }
   }
 
   Status start() {
@@ -139,6 +188,10 @@ struct Agent::Impl {
                 },
             .onlineStatus = [this] { return status(true).SerializeAsString(); },
             .offlineStatus = [this] { return status(false).SerializeAsString(); },
+            .connected =
+                [this] {
+                  if (telemetry) telemetry->notifyOnline();
+                },
         });
     monitor = std::make_unique<DaemonMonitor>(
         io, std::vector<DaemonMonitor::Target>{{"vmm", cfg.vmmSocket}, {"netd", cfg.netdSocket}}, cfg.healthInterval,
@@ -155,6 +208,7 @@ struct Agent::Impl {
         WorkloadOptions{.stateDir = cfg.stateDir, .resync = cfg.resyncInterval},
         [this] { hub->refreshStatus(); });
     if (auto s = workloads->load(); !s) return s;
+    if (cfg.telemetry.enabled) startTelemetry();
     monitor->start();
     workloads->start();
     hub->start();
@@ -172,6 +226,7 @@ Status Agent::start() { return impl_->start(); }
 
 void Agent::stop(std::function<void()> done) {
   impl_->housekeeping.cancel();
+  if (impl_->telemetry) impl_->telemetry->stop();
   if (impl_->workloads) impl_->workloads->stop();
   if (impl_->monitor) impl_->monitor->stop();
   if (!impl_->hub) return done();

@@ -52,6 +52,9 @@ AgentConfig fromReader(ConfigReader& r) {
   c.healthInterval = std::chrono::seconds(r.integer("daemons.health_interval_s", 5, 1, 3600));
   c.resyncInterval = std::chrono::seconds(r.integer("daemons.resync_s", 300, 5, 86400));
 
+  c.telemetry = readTelemetryConfig(r);
+  if (!r.has("telemetry.spool_dir")) c.telemetry.spool.dir = c.stateDir / "spool";
+
   auto level = r.str("log.level", "info");
   if (!log::parseLevel(level, c.logLevel))
     r.fail("log.level", "unknown level '" + level + "' (err, warning, notice, info, debug)");

@@ -57,6 +57,7 @@ void HubSession::attempt() {
                      if (auto s = conn_->subscribe(topics::cmd(nodeId_), 1); !s)
                        LOG_ERR("hub: {}", s.error().message);
                      refreshStatus();
+                     if (h_.connected) h_.connected();
                    },
                .closed = [this, b](std::string reason) { scheduleRetry(b.text() + ": " + reason); },
                .message = [this](const std::string& t, std::string p) { h_.message(t, std::move(p)); },

@@ -73,7 +73,8 @@ struct Node {
                                       << "\"]\n"
                                       << "[daemons]\nvmm_socket = \"" << (dir / "vmm.sock").string() << "\"\n"
                                       << "netd_socket = \"" << (dir / "netd.sock").string() << "\"\n"
-                                      << "health_interval_s = 1\n";
+                                      << "health_interval_s = 1\n"
+                                      << agentSandboxConfig(dir.path());
     std::ofstream(dir / "vmm.toml") << "[api]\nsocket = \"" << (dir / "vmm.sock").string() << "\"\ngroup = \"\"\n"
                                     << vmmSandboxConfig(dir.path());
     std::ofstream(dir / "netd.toml") << "[api]\nsocket = \"" << (dir / "netd.sock").string() << "\"\ngroup = \"\"\n"

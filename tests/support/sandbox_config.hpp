@@ -16,6 +16,12 @@ inline std::string vmmSandboxConfig(const std::filesystem::path& dir) {
          "\"\n";
 }
 
+/// [telemetry] for outrider-agent: an ephemeral UDP port, the unix socket and the spool in `dir`.
+inline std::string agentSandboxConfig(const std::filesystem::path& dir) {
+  return "[telemetry]\nudp_listen = \"127.0.0.1:0\"\nunix_socket = \"" + (dir / "telemetry.sock").string() +
+         "\"\nspool_dir = \"" + (dir / "spool").string() + "\"\n";
+}
+
 /// [wireguard] for outrider-netd: its key and state in `dir`.
 inline std::string netdSandboxConfig(const std::filesystem::path& dir) {
   return "[wireguard]\nkey_file = \"" + (dir / "wg.key").string() + "\"\nstate_dir = \"" + (dir / "netd").string() +

@@ -6,6 +6,7 @@
 
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/agent/processor.hpp"
+#include "outrider/agent/telemetry_service.hpp"
 #include "outrider/agent/verifier.hpp"
 #include "outrider/common/log.hpp"
 
@@ -36,6 +37,8 @@ struct AgentConfig {
   /// How often the desired state is handed to vmm and netd again even when nothing changed.
   std::chrono::milliseconds resyncInterval{300'000};
   log::Level logLevel = log::Level::info;
+  /// [telemetry]; the spool defaults to state_dir/spool.
+  TelemetryConfig telemetry;
 
   /// Throws ConfigError naming file, line and key.
   static AgentConfig load(const std::filesystem::path& file);

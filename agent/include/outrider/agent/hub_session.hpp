@@ -27,6 +27,7 @@ class HubSession {
     /// Called on each (re)connect; returns the retained online status payload to publish.
     std::function<std::string()> onlineStatus;
     std::function<std::string()> offlineStatus;  // the last will, and what a clean stop publishes
+    std::function<void()> connected;             // after each (re)connect, once the status is out (optional)
   };
 
   HubSession(boost::asio::io_context& io, std::string nodeId, HubConfig cfg, Handlers h);
