@@ -14,6 +14,7 @@
 #include "outrider/ctl/format.hpp"
 #include "outrider/ctl/hub_client.hpp"
 #include "outrider/ctl/ping.hpp"
+#include "outrider/ctl/telemetry_format.hpp"
 #include "outrider/ctl/workload_format.hpp"
 #include "outrider/common/manifest.hpp"
 #include "outrider/common/names.hpp"
@@ -37,7 +38,7 @@ constexpr auto kQuietPeriod = std::chrono::milliseconds(300);
 
 // Refuse words and options the subcommand does not take.
 std::optional<Outcome> checkShape(const Invocation& inv, std::string_view name, std::size_t words,
-                                  std::initializer_list<std::string_view> options, std::string_view synopsis) {
+                                  const std::vector<std::string_view>& options, std::string_view synopsis) {
   if (inv.words.size() < words) return usageError(fmt::format("usage: outriderctl {}", synopsis));
   if (inv.words.size() > words) return usageError(fmt::format("unexpected argument '{}'", inv.words[words]));
   for (const auto& [opt, value] : inv.local)
@@ -301,9 +302,9 @@ Outcome vm(const Invocation& inv, std::ostream& out) {
   auto op = ops.find(inv.words[1]);
   if (op == ops.end()) return usageError(fmt::format("unknown vm command '{}' (usage: outriderctl {})", inv.words[1], synopsis));
   const bool list = op->second == v1::VmCommand::LIST;
-  std::initializer_list<std::string_view> opts = op->second == v1::VmCommand::STOP      ? std::initializer_list<std::string_view>{"grace"}
-                                                 : op->second == v1::VmCommand::CONSOLE ? std::initializer_list<std::string_view>{"bytes"}
-                                                                                        : std::initializer_list<std::string_view>{};
+  std::vector<std::string_view> opts;
+  if (op->second == v1::VmCommand::STOP) opts = {"grace"};
+  if (op->second == v1::VmCommand::CONSOLE) opts = {"bytes"};
   if (auto bad = checkShape(inv, "vm " + inv.words[1], list ? 3 : 4, opts, synopsis)) return *bad;
   const std::string& node = inv.words[2];
   if (auto bad = checkNode(node)) return *bad;
@@ -357,9 +358,9 @@ Outcome ct(const Invocation& inv, std::ostream& out) {
   auto op = ops.find(inv.words[1]);
   if (op == ops.end()) return usageError(fmt::format("unknown ct command '{}' (usage: outriderctl {})", inv.words[1], synopsis));
   const bool list = op->second == v1::ContainerCommand::LIST;
-  std::initializer_list<std::string_view> opts = op->second == v1::ContainerCommand::STOP   ? std::initializer_list<std::string_view>{"grace"}
-                                                 : op->second == v1::ContainerCommand::LOGS ? std::initializer_list<std::string_view>{"bytes"}
-                                                                                            : std::initializer_list<std::string_view>{};
+  std::vector<std::string_view> opts;
+  if (op->second == v1::ContainerCommand::STOP) opts = {"grace"};
+  if (op->second == v1::ContainerCommand::LOGS) opts = {"bytes"};
   if (auto bad = checkShape(inv, "ct " + inv.words[1], list ? 3 : 4, opts, synopsis)) return *bad;
   const std::string& node = inv.words[2];
   if (auto bad = checkNode(node)) return *bad;
@@ -479,6 +480,44 @@ Outcome events(const Invocation& inv, std::ostream& out) {
   return ok();
 }
 
+// telemetry watch [NODE] [--count N] [--for S]: telemetry summaries as they arrive.
+Outcome telemetryWatch(const Invocation& inv, std::ostream& out) {
+  const char* synopsis = "telemetry watch [NODE] [--count N] [--for S]";
+  if (inv.words.size() < 2 || inv.words[1] != "watch")
+    return usageError(inv.words.size() < 2 ? fmt::format("usage: outriderctl {}", synopsis)
+                                           : fmt::format("unknown telemetry command '{}'", inv.words[1]));
+  if (inv.words.size() > 3) return usageError(fmt::format("unexpected argument '{}'", inv.words[3]));
+  if (auto bad = checkShape(inv, "telemetry watch", inv.words.size(), {"count", "for"}, synopsis)) return *bad;
+  std::string node = inv.words.size() == 3 ? inv.words[2] : "+";
+  if (node != "+")
+    if (auto bad = checkNode(node)) return *bad;
+  auto count = optionalUint(inv, "count", 1'000'000'000);
+  if (!count) return usageError(count.error().message);
+  auto seconds = optionalUint(inv, "for", 365 * 86400);
+  if (!seconds) return usageError(seconds.error().message);
+  Outcome usage;
+  auto hub = connectHub(inv.global, usage);
+  if (!hub) return usage.exit ? usage : failure(hub.error().message);
+  if (auto st = (*hub)->subscribe(topics::telemetry(node), inv.global.timeout()); !st) return failure(st.error().message);
+  const auto deadline = *seconds ? HubClient::Clock::now() + std::chrono::seconds(*seconds) : HubClient::Clock::time_point::max();
+  std::uint32_t seen = 0;
+  while (!*count || seen < *count) {
+    auto msg = (*hub)->nextMessage(deadline);
+    if (!msg) {
+      if (msg.error().code == kHubTimeout) break;
+      return failure(msg.error().message);
+    }
+    v1::TelemetryBatch batch;
+    if (!batch.ParseFromString(msg->payload)) continue;
+    std::string from = msg->topic.size() > 28 ? msg->topic.substr(18, msg->topic.size() - 28) : "";
+    ++seen;
+    out << (inv.global.json ? formatTelemetryJson(from, batch) + "\n" : formatTelemetryTable(from, batch) + "\n");
+    out.flush();
+  }
+  if (*count && seen < *count) return failure(fmt::format("{} of {} batches seen before the time ran out", seen, *count));
+  return ok();
+}
+
 Outcome dispatch(const Invocation& inv, std::ostream& out) {
   const std::string& cmd = inv.words.front();
   if (cmd == "keys") return keysGen(inv, out);
@@ -490,6 +529,7 @@ Outcome dispatch(const Invocation& inv, std::ostream& out) {
   if (cmd == "apply") return apply(inv, out);
   if (cmd == "tunnel") return tunnel(inv, out);
   if (cmd == "events") return events(inv, out);
+  if (cmd == "telemetry") return telemetryWatch(inv, out);
   return usageError(fmt::format("unknown command '{}' (see outriderctl --help)", cmd));
 }
 
@@ -525,6 +565,9 @@ Commands:
   apply NODE MANIFEST.toml
                           push desired state (VMs, containers, tunnels); see docs/manifest.md
   tunnel status NODE      WireGuard tunnels: active hub, failovers, per-hub health and counters
+  telemetry watch [NODE] [--count N] [--for S]
+                          print telemetry summaries (count, sum, min, max, last, p50/p90/p99 per
+                          series and window) as they arrive; --json gives one line per batch
   events [NODE] [--count N] [--for S]
                           print node events (VM, container and tunnel changes, daemon health) as
                           they arrive, until N events or S seconds (default: until interrupted)

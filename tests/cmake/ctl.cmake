@@ -7,3 +7,4 @@ outrider_test(test_ctl_hub SOURCES integration/test_ctl_hub.cpp LIBS outrider_ct
 # The integration test runs the binary, so build it first.
 add_dependencies(test_ctl_hub outriderctl)
 outrider_test(test_ctl_workload_format SOURCES unit/test_ctl_workload_format.cpp LIBS outrider_ctl LABELS unit hub)
+outrider_test(test_ctl_usage SOURCES unit/test_ctl_usage.cpp LIBS outrider_ctl LABELS unit hub)
