@@ -29,6 +29,12 @@ outrider_pid_is_ours() {
   [[ $(basename "$argv0") == "$exe" ]]
 }
 
+# The last spawned command runs another program in its place (ip netns exec PROG ...): record PROG, so
+# outrider_stop recognises the PID as ours.
+outrider_spawned_exe() {
+  OUTRIDER_PID_EXES[${#OUTRIDER_PID_EXES[@]} - 1]=$1
+}
+
 outrider_stop() {
   local pid=$1 exe=${2:-} i
   if [[ -z $exe ]]; then
