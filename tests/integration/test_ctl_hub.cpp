@@ -289,10 +289,10 @@ TEST_CASE_FIXTURE(Env, "nodes and status show the retained status a node publish
 
   auto s = runCtl(tmp, hubArgs({"status", "n1"}));
   REQUIRE_MESSAGE(s.exit == 0, describe(s));
-  CHECK(s.out.find("node:      n1\n") != std::string::npos);
-  CHECK(s.out.find("state:     online\n") != std::string::npos);
-  CHECK(s.out.find("hostname:  edge-test\n") != std::string::npos);
-  CHECK(s.out.find("uptime:    1h 2m\n") != std::string::npos);
+  CHECK(s.out.find("node:           n1\n") != std::string::npos);
+  CHECK(s.out.find("state:          online\n") != std::string::npos);
+  CHECK(s.out.find("hostname:       edge-test\n") != std::string::npos);
+  CHECK(s.out.find("uptime:         1h 2m\n") != std::string::npos);
   CHECK(s.out.find("NAME   STATE        VERSION     UPTIME  DETAIL\n") != std::string::npos);
   CHECK(s.out.find("netd   unreachable  -           -       socket gone\n") != std::string::npos);
 
@@ -440,5 +440,5 @@ TEST_CASE_FIXTURE(Env, "settings come from the config file named by OUTRIDER_CTL
               .ok());
   auto r = runCtl(tmp, {"status", "n1"}, {{"OUTRIDER_CTL_CONFIG", conf.string()}});
   REQUIRE_MESSAGE(r.exit == 0, describe(r));
-  CHECK(r.out.find("node:      n1\n") != std::string::npos);
+  CHECK(r.out.find("node:           n1\n") != std::string::npos);
 }

@@ -77,6 +77,20 @@ LibvirtFixture::LibvirtFixture() {
     std::string script = std::string(OUTRIDER_SOURCE_DIR) + "/scripts/lib/tiny-guest.sh";
     if (shell(script + " " + guestDir_.string(), &out) != 0) problem_ = "tiny-guest.sh failed: " + out;
   }
+  // QEMU runs as its own user and must reach the kernel, initrd and base image through every parent
+  // directory; a checkout under a private directory (e.g. mode 0700) would hide them. Boot from a copy
+  // in a directory of this fixture's own that is open to it.
+  if (problem_.empty()) {
+    staged_.emplace("guest");
+    std::error_code ec;
+    fs::permissions(staged_->path(), fs::perms(0755), ec);
+    for (const char* f : {"vmlinux", "initrd.cpio.gz", "base.qcow2"}) {
+      if (!ec) fs::copy_file(guestDir_ / f, staged_->path() / f, ec);
+      if (!ec) fs::permissions(staged_->path() / f, fs::perms(0644), ec);
+    }
+    if (ec) problem_ = "cannot stage the tiny guest in " + staged_->path().string() + ": " + ec.message();
+    guestDir_ = staged_->path();
+  }
 }
 
 LibvirtFixture::~LibvirtFixture() {

@@ -4,10 +4,12 @@
 // daemons it had to start are stopped again (by the PID it started), and every domain registered with
 // track() is destroyed and undefined when the fixture goes away, also when a check failed.
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "outrider/common/result.hpp"
+#include "support/process.hpp"
 
 namespace outrider::test {
 
@@ -41,6 +43,7 @@ class LibvirtFixture {
  private:
   void startDaemon(const std::string& exe, const std::string& pidfile, bool& started);
   std::filesystem::path guestDir_;
+  std::optional<TempDir> staged_;  // the guest files, where QEMU's user can read them
   std::string problem_;
   std::set<std::string> domains_;
   bool startedLibvirtd_ = false, startedVirtlogd_ = false;
