@@ -11,3 +11,7 @@ target_link_libraries(test_telemetry_child PRIVATE outrider_agent)
 outrider_test(test_telemetry_ingest SOURCES integration/test_telemetry_ingest.cpp LIBS outrider_agent
   LABELS integration telemetry TIMEOUT 300)
 add_dependencies(test_telemetry_ingest test_telemetry_child)
+# Telemetry end to end through the real agent and a real broker.
+outrider_test(test_telemetry_hub SOURCES integration/test_telemetry_hub.cpp LIBS outrider_proto
+  LABELS integration telemetry TIMEOUT 180)
+add_dependencies(test_telemetry_hub outrider-agent outrider-vmm outrider-netd outriderctl)

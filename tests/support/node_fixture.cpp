@@ -42,7 +42,7 @@ void NodeFixture::writeConfigs() {
                                      << "[commands]\noperator_keys = [\"ed25519:" << crypto::base64(op_.publicKey().raw())
                                      << "\"]\n[daemons]\nvmm_socket = " << quoted(dir_ / "vmm.sock")
                                      << "\nnetd_socket = " << quoted(dir_ / "netd.sock") << "\nhealth_interval_s = 1\n"
-                                     << level << agentSandboxConfig(dir_.path());
+                                     << level << agentSandboxConfig(dir_.path(), opts_.telemetryUdpPort, opts_.telemetryExtra);
   // Containers: runtime state, images and logs under the directory, and a cgroup parent of this process
   // alone, so nothing here meets a real node's containers.
   std::ofstream(dir_ / "vmm.toml") << "[api]\nsocket = " << quoted(dir_ / "vmm.sock") << "\ngroup = \"\"\n"

@@ -23,6 +23,9 @@ struct NodeFixtureOptions {
   std::string libvirtUri = "qemu:///system";
   /// vmm's [vms] stop_timeout_s: graceful stop, then destroy.
   int vmStopTimeoutS = 10;
+  /// The agent's telemetry: its UDP ingest port (0 = the kernel's choice) and more [telemetry] keys.
+  unsigned telemetryUdpPort = 0;
+  std::string telemetryExtra;
 };
 
 class NodeFixture {

@@ -17,9 +17,11 @@ inline std::string vmmSandboxConfig(const std::filesystem::path& dir) {
 }
 
 /// [telemetry] for outrider-agent: an ephemeral UDP port, the unix socket and the spool in `dir`.
-inline std::string agentSandboxConfig(const std::filesystem::path& dir) {
-  return "[telemetry]\nudp_listen = \"127.0.0.1:0\"\nunix_socket = \"" + (dir / "telemetry.sock").string() +
-         "\"\nspool_dir = \"" + (dir / "spool").string() + "\"\n";
+/// `udpPort` 0 lets the kernel choose; `extra` adds [telemetry] keys (e.g. "window_seconds = 1\n").
+inline std::string agentSandboxConfig(const std::filesystem::path& dir, unsigned udpPort = 0,
+                                      const std::string& extra = "") {
+  return "[telemetry]\nudp_listen = \"127.0.0.1:" + std::to_string(udpPort) + "\"\nunix_socket = \"" +
+         (dir / "telemetry.sock").string() + "\"\nspool_dir = \"" + (dir / "spool").string() + "\"\n" + extra;
 }
 
 /// [wireguard] for outrider-netd: its key and state in `dir`.
