@@ -1,5 +1,7 @@
 #include "outrider/common/config.hpp"
 
+#include "toml_type_name.hpp"
+
 #include <toml++/toml.h>
 
 #include <fstream>
@@ -34,17 +36,7 @@ struct ConfigReader::Impl {
 };
 
 namespace {
-std::string typeName(const toml::node& n) {
-  switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    default: return "a date/time";
-  }
-}
+using detail::tomlTypeName;
 }  // namespace
 
 ConfigReader::ConfigReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -85,7 +77,7 @@ std::string ConfigReader::str(std::string_view key, std::string def) {
   const toml::node* n = impl_->find(key);
   if (!n) return def;
   if (auto v = n->value_exact<std::string>()) return *v;
-  impl_->fail(n->source(), key, "expected a string, found " + typeName(*n));
+  impl_->fail(n->source(), key, "expected a string, found " + tomlTypeName(*n));
 }
 
 std::string ConfigReader::requireStr(std::string_view key) {
@@ -99,7 +91,7 @@ std::int64_t ConfigReader::integer(std::string_view key, std::int64_t def, std::
   const toml::node* n = impl_->find(key);
   if (!n) return def;
   auto v = n->value_exact<std::int64_t>();
-  if (!v) impl_->fail(n->source(), key, "expected an integer, found " + typeName(*n));
+  if (!v) impl_->fail(n->source(), key, "expected an integer, found " + tomlTypeName(*n));
   if (*v < min || *v > max)
     impl_->fail(n->source(), key,
                 "value " + std::to_string(*v) + " out of range [" + std::to_string(min) + ", " + std::to_string(max) + "]");
@@ -112,7 +104,7 @@ double ConfigReader::number(std::string_view key, double def, double min, double
   std::optional<double> v;
   if (auto d = n->value_exact<double>()) v = *d;
   else if (auto i = n->value_exact<std::int64_t>()) v = static_cast<double>(*i);
-  if (!v) impl_->fail(n->source(), key, "expected a number, found " + typeName(*n));
+  if (!v) impl_->fail(n->source(), key, "expected a number, found " + tomlTypeName(*n));
   if (!std::isfinite(*v) || *v < min || *v > max) {
     std::ostringstream os;
     os << "value " << *v << " out of range [" << min << ", " << max << "]";
@@ -125,18 +117,18 @@ bool ConfigReader::boolean(std::string_view key, bool def) {
   const toml::node* n = impl_->find(key);
   if (!n) return def;
   if (auto v = n->value_exact<bool>()) return *v;
-  impl_->fail(n->source(), key, "expected a boolean, found " + typeName(*n));
+  impl_->fail(n->source(), key, "expected a boolean, found " + tomlTypeName(*n));
 }
 
 std::vector<std::string> ConfigReader::strList(std::string_view key, std::vector<std::string> def) {
   const toml::node* n = impl_->find(key);
   if (!n) return def;
   const toml::array* arr = n->as_array();
-  if (!arr) impl_->fail(n->source(), key, "expected an array of strings, found " + typeName(*n));
+  if (!arr) impl_->fail(n->source(), key, "expected an array of strings, found " + tomlTypeName(*n));
   std::vector<std::string> out;
   for (const auto& el : *arr) {
     auto v = el.value_exact<std::string>();
-    if (!v) impl_->fail(el.source(), key, "expected an array of strings, found an element that is " + typeName(el));
+    if (!v) impl_->fail(el.source(), key, "expected an array of strings, found an element that is " + tomlTypeName(el));
     out.push_back(*v);
   }
   return out;

@@ -1,5 +1,7 @@
 #include "outrider/common/manifest.hpp"
 
+#include "toml_type_name.hpp"
+
 #include <toml++/toml.h>
 
 #include <fmt/format.h>
@@ -145,17 +147,7 @@ struct Bad {
   std::string message;
 };
 
-std::string typeName(const toml::node& n) {
-  switch (n.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    default: return "a date/time";
-  }
-}
+using detail::tomlTypeName;
 
 // One TOML table read as a declarative record: every key asked for, the rest refused.
 class Record {
@@ -182,14 +174,14 @@ class Record {
     auto* n = get(key);
     if (!n) return def;
     auto v = n->value_exact<std::string>();
-    if (!v) fail(n, key, "expected a string, found " + typeName(*n));
+    if (!v) fail(n, key, "expected a string, found " + tomlTypeName(*n));
     return *v;
   }
   std::uint64_t uint(std::string_view key, std::uint64_t def, std::uint64_t max) {
     auto* n = get(key);
     if (!n) return def;
     auto v = n->value_exact<std::int64_t>();
-    if (!v) fail(n, key, "expected an integer, found " + typeName(*n));
+    if (!v) fail(n, key, "expected an integer, found " + tomlTypeName(*n));
     if (*v < 0 || static_cast<std::uint64_t>(*v) > max) fail(n, key, fmt::format("{} is outside 0..{}", *v, max));
     return static_cast<std::uint64_t>(*v);
   }
@@ -197,7 +189,7 @@ class Record {
     auto* n = get(key);
     if (!n) return def;
     auto v = n->value_exact<bool>();
-    if (!v) fail(n, key, "expected true or false, found " + typeName(*n));
+    if (!v) fail(n, key, "expected true or false, found " + tomlTypeName(*n));
     return *v;
   }
   template <class Add>
@@ -205,10 +197,10 @@ class Record {
     auto* n = get(key);
     if (!n) return;
     auto* arr = n->as_array();
-    if (!arr) fail(n, key, "expected an array of strings, found " + typeName(*n));
+    if (!arr) fail(n, key, "expected an array of strings, found " + tomlTypeName(*n));
     for (const auto& el : *arr) {
       auto v = el.value_exact<std::string>();
-      if (!v) fail(&el, key, "expected an array of strings, found an element that is " + typeName(el));
+      if (!v) fail(&el, key, "expected an array of strings, found an element that is " + tomlTypeName(el));
       add(*v);
     }
   }
@@ -217,7 +209,7 @@ class Record {
     auto* n = get(key);
     if (!n) return nullptr;
     auto* t = n->as_table();
-    if (!t) fail(n, key, "expected a table, found " + typeName(*n));
+    if (!t) fail(n, key, "expected a table, found " + tomlTypeName(*n));
     return t;
   }
   // An array of tables ([[key]]).
@@ -226,10 +218,10 @@ class Record {
     auto* n = get(key);
     if (!n) return out;
     auto* arr = n->as_array();
-    if (!arr) fail(n, key, "expected tables ([[" + std::string(key) + "]]), found " + typeName(*n));
+    if (!arr) fail(n, key, "expected tables ([[" + std::string(key) + "]]), found " + tomlTypeName(*n));
     for (const auto& el : *arr) {
       auto* t = el.as_table();
-      if (!t) fail(&el, key, "expected tables ([[" + std::string(key) + "]]), found an element that is " + typeName(el));
+      if (!t) fail(&el, key, "expected tables ([[" + std::string(key) + "]]), found an element that is " + tomlTypeName(el));
       out.push_back(t);
     }
     return out;
