@@ -8,19 +8,26 @@
 namespace outrider::agent {
 
 namespace {
-AgentConfig fromReader(ConfigReader& r) {
+// identity: node.id, hub.brokers and commands.operator_keys are required (a provisioned node); without
+// it they may all be absent (a node waiting for provisioning), but whatever is present is still checked.
+AgentConfig fromReader(ConfigReader& r, bool identity) {
   AgentConfig c;
-  c.nodeId = r.requireStr("node.id");
-  if (!topics::validNodeId(c.nodeId))
-    r.fail("node.id", "must be 1-64 characters of [A-Za-z0-9._-]");
+  if (identity || r.has("node.id")) {
+    c.nodeId = r.requireStr("node.id");
+    if (!topics::validNodeId(c.nodeId))
+      r.fail("node.id", "must be 1-64 characters of [A-Za-z0-9._-]");
+  }
+  const bool required = !c.nodeId.empty();
   c.stateDir = r.str("node.state_dir", c.stateDir);
+  if (!c.stateDir.is_absolute()) r.fail("node.state_dir", "must be an absolute path");
+  (void)r.str("node.provisioned_by", "");  // written by `outrider-agent provision`: which bundle
 
   for (const auto& u : r.strList("hub.brokers", {})) {
     auto b = BrokerUrl::parse(u);
     if (!b) r.fail("hub.brokers", b.error().message);
     c.hub.brokers.push_back(*b);
   }
-  if (c.hub.brokers.empty()) r.fail("hub.brokers", "at least one broker URL is required");
+  if (c.hub.brokers.empty() && required) r.fail("hub.brokers", "at least one broker URL is required");
   bool allowPlain = r.boolean("hub.allow_plaintext", false);
   for (const auto& b : c.hub.brokers)
     if (!b.tls && !allowPlain)
@@ -37,7 +44,7 @@ AgentConfig fromReader(ConfigReader& r) {
   c.hub.backoffMax = std::chrono::seconds(r.integer("hub.backoff_max_s", 60, 1, 3600));
 
   c.operatorKeys = r.strList("commands.operator_keys", {});
-  if (c.operatorKeys.empty())
+  if (c.operatorKeys.empty() && required)
     r.fail("commands.operator_keys", "at least one trusted operator key is required");
   c.limits.maxPayloadBytes = static_cast<std::size_t>(r.integer("commands.max_payload_bytes", 64 * 1024, 1024, 16 << 20));
   c.limits.clockSkewMs = r.integer("commands.clock_skew_s", 300, 0, 86400) * 1000;
@@ -65,12 +72,27 @@ AgentConfig fromReader(ConfigReader& r) {
 
 AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   auto r = ConfigReader::load(file);
-  return fromReader(r);
+  return fromReader(r, true);
 }
 
 AgentConfig AgentConfig::parse(std::string_view text, std::string source) {
   auto r = ConfigReader::parse(text, std::move(source));
-  return fromReader(r);
+  return fromReader(r, true);
+}
+
+std::filesystem::path provisionedFile(const std::filesystem::path& stateDir) { return stateDir / "provisioned.toml"; }
+
+std::optional<AgentConfig> loadNodeConfig(const std::filesystem::path& file) {
+  auto r = ConfigReader::load(file);
+  std::filesystem::path stateDir = r.str("node.state_dir", AgentConfig{}.stateDir.string());
+  if (!r.has("node.id")) {
+    std::error_code ec;
+    auto prov = provisionedFile(stateDir);
+    if (std::filesystem::exists(prov, ec)) r.fillFrom(ConfigReader::load(prov));
+  }
+  auto c = fromReader(r, false);
+  if (c.nodeId.empty()) return std::nullopt;
+  return c;
 }
 
 }  // namespace outrider::agent

@@ -2,13 +2,19 @@
 
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
+
+#include <boost/asio/steady_timer.hpp>
 
 #include "outrider/agent/agent.hpp"
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/common/config.hpp"
 #include "outrider/common/daemon.hpp"
 #include "outrider/common/log.hpp"
+#include "outrider/common/notify.hpp"
 #include "outrider/common/version.hpp"
 
 namespace outrider::agent {
@@ -29,23 +35,62 @@ int runMain(int argc, char** argv) {
       return 2;
     }
   }
-  AgentConfig cfg;
+  // The node's configuration: /etc/outrider/agent.toml, completed by provisioning. A node not provisioned yet
+  // waits (READY to systemd, so the unit is healthy) and starts as soon as provisioning has written its part.
+  std::optional<AgentConfig> cfg;
   try {
-    cfg = AgentConfig::load(configPath);
+    cfg = loadNodeConfig(configPath);
   } catch (const ConfigError& e) {
     LOG_ERR("{}", e.what());
     return 2;
   }
-  log::setLevel(cfg.logLevel);
   MqttLibrary mqtt;
   SystemClock clock;
   DaemonRuntime rt("outrider-agent");
-  Agent agent(rt.io(), std::move(cfg), clock);
-  if (auto s = agent.start(); !s) {
-    LOG_ERR("cannot start: {}", s.error().message);
-    return 1;
+  std::unique_ptr<Agent> agent;
+  auto startAgent = [&](AgentConfig c) -> bool {
+    log::setLevel(c.logLevel);
+    agent = std::make_unique<Agent>(rt.io(), std::move(c), clock);
+    if (auto s = agent->start(); !s) {
+      LOG_ERR("cannot start: {}", s.error().message);
+      return false;
+    }
+    return true;
+  };
+  boost::asio::steady_timer waitTimer(rt.io());
+  std::string lastError;
+  std::function<void()> waitForProvisioning = [&] {
+    waitTimer.expires_after(std::chrono::seconds(2));
+    waitTimer.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      try {
+        if (auto c = loadNodeConfig(configPath)) {
+          LOG_NOTICE("provisioned as node '{}': starting", c->nodeId);
+          notify::send("STATUS=provisioned, starting");
+          if (!startAgent(std::move(*c))) rt.stop();
+          return;
+        }
+      } catch (const ConfigError& e) {
+        if (lastError != e.what()) LOG_ERR("provisioned configuration refused, still waiting: {}", e.what());
+        lastError = e.what();
+      }
+      waitForProvisioning();
+    });
+  };
+  if (cfg) {
+    if (!startAgent(std::move(*cfg))) return 1;
+  } else {
+    LOG_NOTICE("not provisioned: no node.id in {} or in provisioned.toml under node.state_dir; waiting for "
+               "provisioning (outrider-agent provision, run when a stick labelled OUTRIDER is inserted)",
+               configPath);
+    notify::send("STATUS=waiting for provisioning");
+    waitForProvisioning();
   }
-  rt.onStopAsync([&agent](std::function<void()> done) { agent.stop(std::move(done)); });
+  rt.onStopAsync([&](std::function<void()> done) {
+    waitTimer.cancel();
+    if (agent) agent->stop(std::move(done));
+    else done();
+  });
   return rt.run();
 }
 

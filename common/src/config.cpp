@@ -20,7 +20,7 @@ struct ConfigReader::Impl {
 
   [[noreturn]] void fail(const toml::source_region& where, std::string_view key, std::string_view what) const {
     std::ostringstream os;
-    os << source;
+    os << (where.path && !where.path->empty() ? *where.path : source);
     if (where.begin.line) os << ':' << where.begin.line;
     os << ": key '" << key << "': " << what;
     throw ConfigError(os.str());
@@ -68,6 +68,22 @@ ConfigReader ConfigReader::load(const std::filesystem::path& file) {
 
 const std::string& ConfigReader::source() const { return impl_->source; }
 const std::string& ConfigReader::text() const { return impl_->text; }
+
+namespace {
+// Nodes are moved, not copied: toml++ keeps a node's source (file and line) only on a move.
+void fillTable(toml::table& upper, toml::table& lower) {
+  for (auto&& [k, v] : lower) {
+    toml::node* mine = upper.get(k);
+    if (!mine) {
+      upper.insert(k, std::move(v));
+      continue;
+    }
+    if (mine->is_table() && v.is_table()) fillTable(*mine->as_table(), *v.as_table());
+  }
+}
+}  // namespace
+
+void ConfigReader::fillFrom(ConfigReader&& lower) { fillTable(impl_->root, lower.impl_->root); }
 
 void ConfigReader::claim(std::string_view key) { impl_->used.insert(std::string(key)); }
 

@@ -4,6 +4,9 @@
 #include "outrider/agent/hub_session.hpp"
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/common/config.hpp"
+#include "support/process.hpp"
+
+#include <fstream>
 
 using namespace outrider::agent;
 
@@ -89,4 +92,46 @@ TEST_CASE("agent config") {
   std::string badNode = kGood;
   badNode.replace(badNode.find("\"n1\""), 4, "\"n/1\"");
   CHECK(errorOf(badNode).find("node.id") != std::string::npos);
+}
+
+TEST_CASE("node config: unprovisioned until provisioned.toml completes it; the package's file wins") {
+  outrider::test::TempDir dir("nodecfg");
+  auto write = [](const std::filesystem::path& p, const std::string& text) {
+    std::ofstream(p) << text;
+  };
+  auto agentToml = dir / "agent.toml";
+  write(agentToml, "[node]\nstate_dir = \"" + dir.path().string() + "\"\n[hub]\nkeepalive_s = 45\n[log]\nlevel = \"info\"\n");
+  CHECK_FALSE(loadNodeConfig(agentToml).has_value());
+
+  // A typo in the package's file is refused even while waiting.
+  write(dir / "typo.toml", "[node]\nstate_dir = \"" + dir.path().string() + "\"\n[hub]\nkeepalive = 45\n");
+  CHECK_THROWS_AS((void)loadNodeConfig(dir / "typo.toml"), outrider::ConfigError);
+
+  write(provisionedFile(dir.path()),
+        "[node]\nid = \"edge-7\"\nprovisioned_by = \"bundle:abc\"\n[hub]\nbrokers = [\"mqtts://hub-a:8883\"]\n"
+        "cafile = \"/x/ca.crt\"\ncertfile = \"/x/node.crt\"\nkeyfile = \"/x/node.key\"\nkeepalive_s = 90\n"
+        "[commands]\noperator_keys = [\"ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n");
+  auto c = loadNodeConfig(agentToml);
+  REQUIRE(c.has_value());
+  CHECK(c->nodeId == "edge-7");
+  CHECK(c->hub.keepaliveS == 45);  // agent.toml's own value
+  CHECK(c->hub.brokers.size() == 1);
+  CHECK(c->stateDir == dir.path());
+
+  // A provisioned file that leaves out the operator keys is an error naming the missing key.
+  write(provisionedFile(dir.path()), "[node]\nid = \"edge-7\"\n[hub]\nbrokers = [\"mqtt://127.0.0.1:1\"]\nallow_plaintext = true\n");
+  try {
+    (void)loadNodeConfig(agentToml);
+    FAIL("operator keys are required once the node has an id");
+  } catch (const outrider::ConfigError& e) {
+    CHECK(std::string(e.what()).find("commands.operator_keys") != std::string::npos);
+  }
+  // A bad value in the provisioned file names that file.
+  write(provisionedFile(dir.path()), "[node]\nid = \"bad id!\"\n");
+  try {
+    (void)loadNodeConfig(agentToml);
+    FAIL("a bad node id must be refused");
+  } catch (const outrider::ConfigError& e) {
+    CHECK(std::string(e.what()).find("provisioned.toml:2") != std::string::npos);
+  }
 }

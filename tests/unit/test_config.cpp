@@ -78,3 +78,18 @@ TEST_CASE("a value the caller refuses is reported with its line") {
   auto missing = errorOf("[node]\n", [](ConfigReader& r) { r.fail("node.id", "required"); });
   CHECK(missing == "agent.toml: key 'node.id': required");
 }
+
+TEST_CASE("fillFrom takes what the upper document does not set, and names the lower file in errors") {
+  auto upper = ConfigReader::parse("[hub]\nkeepalive_s = 30\n", "agent.toml");
+  upper.fillFrom(ConfigReader::parse("[node]\nid = \"n1\"\n[hub]\nkeepalive_s = 99\nbrokers = [\"a\"]\nbackoff_max_s = \"x\"\n",
+                                     "provisioned.toml"));
+  CHECK(upper.str("node.id", "") == "n1");
+  CHECK(upper.integer("hub.keepalive_s", 60, 5, 3600) == 30);  // the upper file wins
+  CHECK(upper.strList("hub.brokers", {}) == std::vector<std::string>{"a"});
+  try {
+    (void)upper.integer("hub.backoff_max_s", 60, 1, 3600);
+    FAIL("a string where an integer belongs must be refused");
+  } catch (const ConfigError& e) {
+    CHECK(std::string(e.what()).find("provisioned.toml:6") != std::string::npos);
+  }
+}

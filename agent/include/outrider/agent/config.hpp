@@ -1,6 +1,7 @@
 #pragma once
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,9 +41,18 @@ struct AgentConfig {
   /// [telemetry]; the spool defaults to state_dir/spool.
   TelemetryConfig telemetry;
 
-  /// Throws ConfigError naming file, line and key.
+  /// Throws ConfigError naming file, line and key. The node's identity (node.id, hub.brokers,
+  /// commands.operator_keys) is required.
   static AgentConfig load(const std::filesystem::path& file);
   static AgentConfig parse(std::string_view text, std::string source);
 };
+
+/// Where `outrider-agent provision` writes the node's identity and hub settings: STATE_DIR/provisioned.toml.
+std::filesystem::path provisionedFile(const std::filesystem::path& stateDir);
+
+/// The configuration the daemon runs with: FILE (the package's /etc/outrider/agent.toml), and, when FILE sets
+/// no node.id, the keys of provisionedFile(node.state_dir) that FILE does not set. nullopt when the node is
+/// not provisioned yet (no node.id in either); everything present is still checked. Throws ConfigError.
+std::optional<AgentConfig> loadNodeConfig(const std::filesystem::path& file);
 
 }  // namespace outrider::agent

@@ -50,6 +50,10 @@ class ConfigReader {
   /// The whole document as it was read.
   const std::string& text() const;
 
+  /// Take from `lower` every key this document does not set (tables merged key by key; a key set in
+  /// both keeps this document's value). Errors about a taken key name `lower`'s file and line.
+  void fillFrom(ConfigReader&& lower);
+
   /// Throws ConfigError for the first key (in file order) that was never asked for.
   void finish();
   const std::string& source() const;
