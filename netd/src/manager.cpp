@@ -91,13 +91,17 @@ TunnelManager::~TunnelManager() {
   for (auto& [n, t] : tunnels_) t->stop();
 }
 
+Status TunnelManager::ensureKey() {
+  if (key_) return {};
+  auto k = loadOrCreateKey(opts_.keyFile);
+  if (!k) return k.error();
+  key_ = *k;
+  LOG_NOTICE("WireGuard public key {}", keyBase64(key_->publicKey));
+  return {};
+}
+
 Status TunnelManager::ensureRuntime() {
-  if (!key_) {
-    auto k = loadOrCreateKey(opts_.keyFile);
-    if (!k) return k.error();
-    key_ = *k;
-    LOG_NOTICE("WireGuard public key {}", keyBase64(key_->publicKey));
-  }
+  if (auto st = ensureKey(); !st) return st;
   if (!links_) links_ = makeRtnlConfigurator();
   if (!backend_) {
     std::string why;
@@ -121,6 +125,12 @@ std::map<std::string, TunnelSpec> TunnelManager::effective(const std::map<std::s
 }
 
 void TunnelManager::start() {
+  // The key exists from the first start, before any tunnel: the agent reports its public key to the hub
+  // (and sends it when it enrolls), so the hubs can add this node as a peer.
+  if (auto st = ensureKey(); !st) {
+    runtimeError_ = st.error().message;
+    LOG_ERR("{}", runtimeError_);
+  }
   std::error_code ec;
   if (std::filesystem::exists(statePath(), ec)) {
     auto data = readFile(statePath());
@@ -256,9 +266,12 @@ v1::TunnelStatusList TunnelManager::status() const {
 
 Health TunnelManager::health() const {
   if (!runtimeError_.empty()) return Health{false, runtimeError_};
-  if (tunnels_.empty() && startErrors_.empty()) return Health{true, "no tunnels configured yet"};
   Health h{true, {}};
   if (key_) h.detail = "public key " + keyBase64(key_->publicKey);
+  if (tunnels_.empty() && startErrors_.empty()) {
+    h.detail += h.detail.empty() ? "no tunnels configured yet" : "; no tunnels configured yet";
+    return h;
+  }
   for (const auto& [n, t] : tunnels_) {
     auto active = t->status().active_hub();
     h.detail += "; " + n + ": ";

@@ -48,6 +48,7 @@ class TunnelManager {
   Health health() const;
 
  private:
+  Status ensureKey();
   Status ensureRuntime();
   std::map<std::string, outrider::v1::TunnelSpec> effective(
       const std::map<std::string, outrider::v1::TunnelSpec>& manifest) const;
