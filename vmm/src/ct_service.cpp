@@ -25,11 +25,15 @@ class Containers final : public Component {
   std::shared_ptr<ContainerManager> m_;
 };
 
+// outrider-ctshim: next to outrider-vmm (a build tree), else in LIBEXEC/outrider (an installed system:
+// /usr/sbin/outrider-vmm and /usr/libexec/outrider/outrider-ctshim).
 fs::path defaultShim() {
   std::error_code ec;
   auto self = fs::read_symlink("/proc/self/exe", ec);
   if (ec) return "outrider-ctshim";
-  return self.parent_path() / "outrider-ctshim";
+  auto beside = self.parent_path() / "outrider-ctshim";
+  if (fs::exists(beside, ec)) return beside;
+  return self.parent_path().parent_path() / "libexec" / "outrider" / "outrider-ctshim";
 }
 
 CtSettings readSettings(ConfigReader& cfg) {
