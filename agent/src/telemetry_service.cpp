@@ -65,7 +65,7 @@ TelemetryConfig readTelemetryConfig(ConfigReader& cfg) {
     if (m.empty() || m[0] != '/') cfg.fail("telemetry.mounts", "every mount must be an absolute path");
   c.procRoot = cfg.str("telemetry.proc_root", "/proc");
   c.sysRoot = cfg.str("telemetry.sys_root", "/sys");
-  c.spool.dir = cfg.str("telemetry.spool_dir", "/var/lib/outrider/spool");
+  c.spool.dir = cfg.str("telemetry.spool_dir", "/var/lib/outrider/agent/spool");
   if (!c.spool.dir.is_absolute()) cfg.fail("telemetry.spool_dir", "expected an absolute path");
   c.spool.maxBytes = static_cast<std::uint64_t>(cfg.integer("telemetry.spool_max_bytes", 64ll << 20, 1 << 20, 1ll << 40));
   c.spool.segmentBytes =

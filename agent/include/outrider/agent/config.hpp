@@ -24,7 +24,7 @@ struct HubConfig {
 
 struct AgentConfig {
   std::string nodeId;
-  std::filesystem::path stateDir = "/var/lib/outrider";
+  std::filesystem::path stateDir = "/var/lib/outrider/agent";
   HubConfig hub;
   std::vector<std::string> operatorKeys;  // specs for crypto::VerifyKey::parse
   VerifierLimits limits;
