@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "outrider/agent/daemon_monitor.hpp"
+#include "outrider/agent/hook_report.hpp"
 #include "outrider/agent/hub_session.hpp"
 #include "outrider/agent/journal.hpp"
 #include "outrider/agent/node_sources.hpp"
@@ -15,6 +16,7 @@
 #include "outrider/common/log.hpp"
 #include "outrider/common/topics.hpp"
 #include "outrider/common/version.hpp"
+#include "outrider/hooks/runner.hpp"
 
 namespace outrider::agent {
 
@@ -49,6 +51,9 @@ struct Agent::Impl {
   std::string telemetryProblem;
   std::uint64_t eventSeq = 0;
   asio::steady_timer housekeeping;
+  // Hooks run on the runner's own thread; a result that arrives after the agent is gone is dropped.
+  std::unique_ptr<hooks::HookRunner> hookRunner;
+  std::shared_ptr<int> alive = std::make_shared<int>(0);
 
   Impl(asio::io_context& i, AgentConfig c, const Clock& cl) : io(i), cfg(std::move(c)), clock(cl), housekeeping(i) {
     char h[256] = {};
@@ -101,6 +106,33 @@ struct Agent::Impl {
     ev.set_subject(subject);
     ev.set_detail(detail);
     if (hub && hub->connected()) (void)hub->publish(topics::events(cfg.nodeId), ev.SerializeAsString());
+  }
+
+  // `hook run` from the hub: the event's hooks, off the loop; each hook's result is logged and published
+  // as a hook.result event, and the reply carries them all (SUCCEEDED only when every hook succeeded).
+  void runHooks(const HookCommand& c, CommandProcessor::DoneFn done) {
+    hooks::HookEnv env(c.op.env().begin(), c.op.env().end());
+    std::weak_ptr<int> life = alive;
+    hookRunner->runAsync(c.op.event(), std::move(env), io.get_executor(),
+                         [this, life, done = std::move(done)](Result<hooks::RunResult> r) {
+                           if (life.expired()) return;
+                           outrider::v1::CommandReply reply;
+                           if (!r) {
+                             LOG_WARN("hooks: {}", r.error().message);
+                             reply.set_kind(outrider::v1::CommandReply::FAILED);
+                             reply.set_message(r.error().message);
+                             return done(std::move(reply));
+                           }
+                           logHookRun(*r);
+                           const std::string event(hooks::eventName(r->event));
+                           for (const auto& h : r->hooks)
+                             publishEvent("agent", "hook.result", event + "/" + h.name, hookEventDetail(h));
+                           *reply.mutable_hook() = toProto(*r);
+                           reply.set_kind(r->ok() ? outrider::v1::CommandReply::SUCCEEDED
+                                                  : outrider::v1::CommandReply::FAILED);
+                           reply.set_message(reply.hook().summary());
+                           done(std::move(reply));
+                         });
   }
 
   // Expired entries are forgotten either way; a failed compaction only leaves the file longer.
@@ -177,7 +209,12 @@ struct Agent::Impl {
                      s.error().message);
         },
         [this] { return status(true); },
-        [this](const Command& cmd, CommandProcessor::DoneFn done) { workloads->run(cmd, std::move(done)); });
+        [this](const Command& cmd, CommandProcessor::DoneFn done) {
+          if (const auto* h = std::get_if<HookCommand>(&cmd)) return runHooks(*h, std::move(done));
+          workloads->run(cmd, std::move(done));
+        });
+    hookRunner = std::make_unique<hooks::HookRunner>(
+        hooks::RunnerOptions{.hooksDir = cfg.hooksDir, .node = cfg.nodeId, .timeout = cfg.hookTimeout});
 
     hub = std::make_unique<HubSession>(
         io, cfg.nodeId, cfg.hub,
@@ -226,6 +263,7 @@ Status Agent::start() { return impl_->start(); }
 
 void Agent::stop(std::function<void()> done) {
   impl_->housekeeping.cancel();
+  if (impl_->hookRunner) impl_->hookRunner->stop();
   if (impl_->telemetry) impl_->telemetry->stop();
   if (impl_->workloads) impl_->workloads->stop();
   if (impl_->monitor) impl_->monitor->stop();

@@ -62,6 +62,10 @@ AgentConfig fromReader(ConfigReader& r, bool identity) {
   c.telemetry = readTelemetryConfig(r);
   if (!r.has("telemetry.spool_dir")) c.telemetry.spool.dir = c.stateDir / "spool";
 
+  c.hooksDir = r.str("hooks.dir", c.hooksDir);
+  if (!c.hooksDir.is_absolute()) r.fail("hooks.dir", "must be an absolute path");
+  c.hookTimeout = std::chrono::seconds(r.integer("hooks.timeout_s", 60, 1, 3600));
+
   auto level = r.str("log.level", "info");
   if (!log::parseLevel(level, c.logLevel))
     r.fail("log.level", "unknown level '" + level + "' (err, warning, notice, info, debug)");

@@ -11,6 +11,7 @@
 
 #include "outrider/agent/agent.hpp"
 #include "outrider/agent/mqtt.hpp"
+#include "outrider/agent/provision.hpp"
 #include "outrider/common/config.hpp"
 #include "outrider/common/daemon.hpp"
 #include "outrider/common/log.hpp"
@@ -20,6 +21,7 @@
 namespace outrider::agent {
 
 int runMain(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "provision") == 0) return provision::runProvision(argc - 1, argv + 1);
   std::string configPath = "/etc/outrider/agent.toml";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -31,7 +33,7 @@ int runMain(int argc, char** argv) {
     } else if (a.rfind("--config=", 0) == 0) {
       configPath = a.substr(9);
     } else {
-      std::fprintf(stderr, "usage: outrider-agent [--config FILE] [--version]\n");
+      std::fprintf(stderr, "usage: outrider-agent [--config FILE] [--version]\n       outrider-agent provision --from DIR [--config FILE] [--pubkey FILE]\n");
       return 2;
     }
   }
@@ -60,7 +62,7 @@ int runMain(int argc, char** argv) {
   boost::asio::steady_timer waitTimer(rt.io());
   std::string lastError;
   std::function<void()> waitForProvisioning = [&] {
-    waitTimer.expires_after(std::chrono::seconds(2));
+    waitTimer.expires_after(std::chrono::milliseconds(500));
     waitTimer.async_wait([&](const boost::system::error_code& ec) {
       if (ec) return;
       try {

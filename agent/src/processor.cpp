@@ -9,6 +9,7 @@
 #include "outrider/common/manifest.hpp"
 #include "outrider/common/names.hpp"
 #include "outrider/common/version.hpp"
+#include "outrider/hooks/runner.hpp"
 
 namespace outrider::agent {
 
@@ -59,6 +60,11 @@ Status checkCommand(const outrider::v1::CommandBody& b) {
     case CommandBody::kTunnel:
       if (b.tunnel().op() != outrider::v1::TunnelCommand::STATUS) return Error{"tunnel command without a known operation"};
       return {};
+    case CommandBody::kHook: {
+      if (auto e = hooks::parseEvent(b.hook().event()); !e) return e.error();
+      hooks::HookEnv env(b.hook().env().begin(), b.hook().env().end());
+      return hooks::validateHookEnv(env);
+    }
     default:
       return {};
   }
@@ -73,6 +79,7 @@ Command toCommand(const outrider::v1::CommandBody& b) {
     case outrider::v1::CommandBody::kCt: return ContainerCommand{b.ct()};
     case outrider::v1::CommandBody::kApply: return ApplyCommand{b.apply().manifest()};
     case outrider::v1::CommandBody::kTunnel: return TunnelCommand{b.tunnel()};
+    case outrider::v1::CommandBody::kHook: return HookCommand{b.hook()};
     default: return GetStatusCommand{};  // unreachable: the verifier refuses an unset command
   }
 }

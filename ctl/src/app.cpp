@@ -12,12 +12,15 @@
 #include "outrider/common/topics.hpp"
 #include "outrider/ctl/command_client.hpp"
 #include "outrider/ctl/format.hpp"
+#include "outrider/ctl/hook_format.hpp"
 #include "outrider/ctl/hub_client.hpp"
 #include "outrider/ctl/ping.hpp"
+#include "outrider/ctl/provision.hpp"
 #include "outrider/ctl/telemetry_format.hpp"
 #include "outrider/ctl/workload_format.hpp"
 #include "outrider/common/manifest.hpp"
 #include "outrider/common/names.hpp"
+#include "outrider/hooks/runner.hpp"
 
 namespace outrider::ctl {
 
@@ -440,6 +443,42 @@ Outcome tunnel(const Invocation& inv, std::ostream& out) {
   return ok();
 }
 
+// hook run NODE EVENT [OUTRIDER_NAME=VALUE...]: run one event's hooks on the node, print each result.
+Outcome hook(const Invocation& inv, std::ostream& out) {
+  const char* synopsis = "hook run NODE EVENT [OUTRIDER_NAME=VALUE...]";
+  if (inv.words.size() < 2 || inv.words[1] != "run")
+    return usageError(inv.words.size() < 2 ? fmt::format("usage: outriderctl {}", synopsis)
+                                           : fmt::format("unknown hook command '{}'", inv.words[1]));
+  if (auto bad = checkShape(inv, "hook run", std::max<std::size_t>(inv.words.size(), 4), {}, synopsis)) return *bad;
+  const std::string& node = inv.words[2];
+  if (auto bad = checkNode(node)) return *bad;
+  const std::string& event = inv.words[3];
+  if (auto e = hooks::parseEvent(event); !e) return usageError(e.error().message);
+  hooks::HookEnv env;
+  for (std::size_t i = 4; i < inv.words.size(); ++i) {
+    const std::string& w = inv.words[i];
+    auto eq = w.find('=');
+    if (eq == std::string::npos) return usageError(fmt::format("'{}': expected OUTRIDER_NAME=VALUE", w));
+    if (!env.emplace(w.substr(0, eq), w.substr(eq + 1)).second)
+      return usageError(fmt::format("variable {} given twice", w.substr(0, eq)));
+  }
+  if (auto s = hooks::validateHookEnv(env); !s) return usageError(s.error().message);
+  Outcome usage;
+  auto r = runSigned(
+      inv, node,
+      [&](v1::CommandBody& b) {
+        auto* h = b.mutable_hook();
+        h->set_event(event);
+        for (const auto& [k, v] : env) (*h->mutable_env())[k] = v;
+      },
+      usage, out);
+  if (!r) return usage.exit ? usage : failure(r.error().message);
+  if (r->reply.has_hook())
+    out << (inv.global.json ? hookRunJson(r->reply.hook()) + "\n" : formatHookRun(r->reply.hook()));
+  if (!r->succeeded()) return failure(r->failureText());
+  return ok();
+}
+
 // events [NODE] [--count N] [--for S]: NodeEvents as they arrive, until N of them or S seconds.
 Outcome events(const Invocation& inv, std::ostream& out) {
   if (inv.words.size() > 2) return usageError(fmt::format("unexpected argument '{}'", inv.words[2]));
@@ -528,6 +567,7 @@ Outcome dispatch(const Invocation& inv, std::ostream& out) {
   if (cmd == "ct") return ct(inv, out);
   if (cmd == "apply") return apply(inv, out);
   if (cmd == "tunnel") return tunnel(inv, out);
+  if (cmd == "hook") return hook(inv, out);
   if (cmd == "events") return events(inv, out);
   if (cmd == "telemetry") return telemetryWatch(inv, out);
   return usageError(fmt::format("unknown command '{}' (see outriderctl --help)", cmd));
@@ -565,12 +605,26 @@ Commands:
   apply NODE MANIFEST.toml
                           push desired state (VMs, containers, tunnels); see docs/manifest.md
   tunnel status NODE      WireGuard tunnels: active hub, failovers, per-hub health and counters
+  hook run NODE EVENT [OUTRIDER_NAME=VALUE...]
+                          run the node's hooks for EVENT (provisioned, pre-update, post-update,
+                          boot-ok, rollback, pre-reboot, factory-reset) with those extra variables;
+                          prints each hook's status and output (docs/hooks.md). Raise --timeout
+                          for slow hooks
   telemetry watch [NODE] [--count N] [--for S]
                           print telemetry summaries (count, sum, min, max, last, p50/p90/p99 per
                           series and window) as they arrive; --json gives one line per batch
   events [NODE] [--count N] [--for S]
                           print node events (VM, container and tunnel changes, daemon health) as
                           they arrive, until N events or S seconds (default: until interrupted)
+  provision image --node NODE --hub URL [--hub URL...] --ca CA.pem --operator-key FILE...
+          --sign-key PROV.key --tokens FILE --out IMAGE [--token-ttl 24h] [--enroll URL...]
+          [--manifest M.toml] [--wg-hub NAME,ENDPOINT,PUBKEY,TIER[,PROBE[,CIDR...]]...]
+          [--wg-address CIDR...] [--wg-interface NAME]
+                          a FAT image labelled OUTRIDER with a signed provisioning bundle for NODE;
+                          its one-time token is registered in the token store (docs/provisioning.md)
+  enroll serve --ca-cert FILE --ca-key FILE --tokens FILE --db FILE [--cert-days N]
+          [--share GROUP] [--count N] [--for S]
+                          the hub's enrollment service: checks tokens, signs the nodes' CSRs
   help                    show this help
 
 Options (before or after the command):
@@ -594,13 +648,18 @@ Exit status: 0 success, 1 failure, rejection or timeout, 2 usage or configuratio
 int runCtl(std::span<const std::string> args, std::ostream& out, std::ostream& err, const EnvLookup& env) {
   Outcome result;
   try {
-    auto inv = parseInvocation(args, env);
+    // provision and enroll take their own (repeating) options out first.
+    auto provisioning = takeProvisioningArgs(args);
+    auto inv = parseInvocation(provisioning.rest, env);
     if (!inv) {
       result = usageError(inv.error().message);
     } else if (inv->help || (!inv->words.empty() && inv->words.front() == "help")) {
       out << usageText();
     } else if (inv->words.empty()) {
       result = usageError("no command given (see outriderctl --help)");
+    } else if (provisioning.taken) {
+      auto r = runProvisioning(*inv, provisioning, out);
+      result = Outcome{r.exit, r.reason};
     } else {
       result = dispatch(*inv, out);
     }

@@ -180,6 +180,10 @@ Broker::Broker(fs::path dir, TestCa& ca, BrokerOptions opts)
       do plainPort_ = freeLoopbackPort();
       while (plainPort_ == port_);
     }
+    if (opts_.enrollListener) {
+      do enrollPort_ = freeLoopbackPort();
+      while (enrollPort_ == port_ || enrollPort_ == plainPort_);
+    }
     writeConfig();
     try {
       start();
@@ -197,6 +201,11 @@ std::string Broker::url() const { return "mqtts://127.0.0.1:" + std::to_string(p
 std::string Broker::plainUrl() const {
   if (!plainPort_) throw std::logic_error("broker has no plain listener");
   return "mqtt://127.0.0.1:" + std::to_string(plainPort_);
+}
+
+std::string Broker::enrollUrl() const {
+  if (!enrollPort_) throw std::logic_error("broker has no enrollment listener");
+  return "mqtts://127.0.0.1:" + std::to_string(enrollPort_);
 }
 
 bool Broker::running() { return process_.running(); }
@@ -229,6 +238,20 @@ void Broker::writeConfig() const {
     << "allow_anonymous false\n"
     << "acl_file " << (dir_ / "acl").string() << "\n";
   if (plainPort_) c << "\nlistener " << plainPort_ << " 127.0.0.1\nallow_anonymous true\n";
+  if (enrollPort_) {
+    // Zero-touch enrollment: nodes without a certificate yet. %c is the client id, which a node sets to
+    // its node id; it may only ask for itself and read its own answer. Only the hub user (mutual TLS
+    // listener) reads requests and writes answers.
+    writeFile(dir_ / "enroll.acl",
+              "pattern write outrider/v1/enroll/%c/req\npattern read outrider/v1/enroll/%c/resp\n", 0644);
+    c << "\nlistener " << enrollPort_ << " 127.0.0.1\n"
+      << "cafile " << caFile_.string() << "\n"
+      << "certfile " << server_.cert.string() << "\n"
+      << "keyfile " << server_.key.string() << "\n"
+      << "require_certificate false\n"
+      << "allow_anonymous true\n"
+      << "acl_file " << (dir_ / "enroll.acl").string() << "\n";
+  }
   writeFile(dir_ / "mosquitto.conf", c.str(), 0644);
 
   fs::path logFile = dir_ / "broker.log";
@@ -240,7 +263,11 @@ void Broker::writeConfig() const {
 void Broker::start() {
   process_ = Process({exe_.string(), "-c", (dir_ / "mosquitto.conf").string()}, dir_ / "mosquitto.out");
   bool up = waitFor(
-      [&] { return !process_.running() || (tcpAccepts(port_) && (!plainPort_ || tcpAccepts(plainPort_))); }, 15s);
+      [&] {
+        return !process_.running() || (tcpAccepts(port_) && (!plainPort_ || tcpAccepts(plainPort_)) &&
+                                       (!enrollPort_ || tcpAccepts(enrollPort_)));
+      },
+      15s);
   if (!process_.running()) throw std::runtime_error("mosquitto exited at start:\n" + log());
   if (!up) {
     process_.stop();

@@ -62,6 +62,10 @@ struct BrokerOptions {
   std::string hubUser = "hub";
   /// Also open a plain (no TLS) loopback listener with anonymous access and no ACL.
   bool plainListener = false;
+  /// Also open the enrollment listener of zero-touch provisioning (docs/provisioning.md): TLS with server
+  /// authentication only, anonymous clients, whose ACL lets a client publish only to
+  /// outrider/v1/enroll/<its client id>/req and read only .../<its client id>/resp.
+  bool enrollListener = false;
 };
 
 /// A real `mosquitto -c <dir>/mosquitto.conf` on free loopback ports: a mutual-TLS listener
@@ -83,6 +87,10 @@ class Broker {
   int plainPort() const { return plainPort_; }
   /// "mqtt://127.0.0.1:PORT" of the plain listener (throws when there is none).
   std::string plainUrl() const;
+  /// The enrollment listener's port, or 0 when there is none.
+  int enrollPort() const { return enrollPort_; }
+  /// "mqtts://127.0.0.1:PORT" of the enrollment listener (throws when there is none).
+  std::string enrollUrl() const;
   const std::filesystem::path& dir() const { return dir_; }
   const std::filesystem::path& caFile() const { return caFile_; }
   pid_t pid() const { return process_.pid(); }
@@ -108,6 +116,7 @@ class Broker {
   std::filesystem::path exe_;
   int port_ = 0;
   int plainPort_ = 0;
+  int enrollPort_ = 0;
   Process process_;
 };
 

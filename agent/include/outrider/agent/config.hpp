@@ -40,6 +40,9 @@ struct AgentConfig {
   log::Level logLevel = log::Level::info;
   /// [telemetry]; the spool defaults to state_dir/spool.
   TelemetryConfig telemetry;
+  /// [hooks]: <dir>/<event>.d/ holds the hooks (docs/hooks.md); each runs at most hookTimeout.
+  std::filesystem::path hooksDir = "/etc/outrider/hooks";
+  std::chrono::milliseconds hookTimeout{60'000};
 
   /// Throws ConfigError naming file, line and key. The node's identity (node.id, hub.brokers,
   /// commands.operator_keys) is required.

@@ -34,10 +34,14 @@ struct ApplyCommand {
 struct TunnelCommand {
   outrider::v1::TunnelCommand op;
 };
-using Command = std::variant<PingCommand, GetStatusCommand, VmCommand, ContainerCommand, ApplyCommand, TunnelCommand>;
+struct HookCommand {
+  outrider::v1::HookCommand op;
+};
+using Command =
+    std::variant<PingCommand, GetStatusCommand, VmCommand, ContainerCommand, ApplyCommand, TunnelCommand, HookCommand>;
 
 /// Field checks of a signed body beyond what the verifier does: an operation is set, names are valid,
-/// a manifest passes validateManifest. A failure is a MALFORMED rejection, and nothing runs.
+/// a manifest passes validateManifest, a hook event and its variables are valid. A failure is a MALFORMED rejection, and nothing runs.
 Status checkCommand(const outrider::v1::CommandBody& body);
 
 /// Read-only commands are journaled without fsync (a replay after power loss is harmless); commands
@@ -54,7 +58,7 @@ class CommandProcessor {
  public:
   using PublishFn = std::function<void(const outrider::v1::CommandReply&)>;
   using StatusFn = std::function<outrider::v1::NodeStatus()>;
-  /// Runs the commands that need the local daemons (vm, ct, apply, tunnel). It calls `done` once with
+  /// Runs the commands that need the local daemons (vm, ct, apply, tunnel) or other work (hook). It calls `done` once with
   /// the final reply (kind SUCCEEDED or FAILED, message, result); a call after the deadline is ignored.
   using DoneFn = std::function<void(outrider::v1::CommandReply)>;
   using WorkFn = std::function<void(const Command&, DoneFn done)>;

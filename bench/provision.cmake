@@ -1,0 +1,3 @@
+add_executable(bench_provision ${CMAKE_CURRENT_LIST_DIR}/provision.cpp)
+target_link_libraries(bench_provision PRIVATE outrider_testsupport outrider_proto)
+add_dependencies(bench_provision outrider-agent outriderctl)
