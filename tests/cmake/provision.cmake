@@ -7,8 +7,10 @@ outrider_test(test_provision SOURCES integration/test_provision.cpp LIBS outride
   LABELS integration provision TIMEOUT 300)
 add_dependencies(test_provision outrider-agent outriderctl)
 
+if(NOT CMAKE_CROSSCOMPILING)
 # A short bounded libFuzzer run of the bundle decoder (built into build-fuzz/ by ./scripts/test).
 add_test(NAME fuzz_bundle
   COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
           ${OUTRIDER_FUZZ_DIR}/fuzz_bundle -runs=50000 -max_len=4096 -seed=1 -timeout=10)
 set_tests_properties(fuzz_bundle PROPERTIES LABELS "unit;provision" TIMEOUT 300)
+endif()

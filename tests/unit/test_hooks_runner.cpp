@@ -1,5 +1,7 @@
 // The hook runner against real executables (small shell scripts) in a temporary hooks directory.
 #include <doctest/doctest.h>
+
+#include <cstdlib>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -309,8 +311,15 @@ TEST_CASE("a hook that cannot be executed is a failure with the reason") {
   auto r = runner.run("pre-update");
   REQUIRE(r.ok());
   REQUIRE(r->hooks.size() == 1);
-  CHECK_FALSE(r->hooks[0].error.empty());
+  CHECK_FALSE(r->hooks[0].ok());
   CHECK(r->aborted);
+  if (std::getenv("OUTRIDER_TEST_EMULATED")) {
+    // Under qemu-user, posix_spawn cannot report the child's exec error to the parent (qemu runs the
+    // vfork-style clone as a fork), so the hook shows up as exit 127 instead of "cannot run".
+    MESSAGE("emulated: " << r->abortReason);
+    return;
+  }
+  CHECK_FALSE(r->hooks[0].error.empty());
   CHECK(r->abortReason.rfind("aborted by 10-noshebang: cannot run: ", 0) == 0);
 }
 

@@ -314,7 +314,7 @@ TEST_CASE("[telemetry] config: defaults, values, and refused values naming the k
     CHECK(c.maxSeries == 10'000);
     CHECK(c.batchBytes == 256 * 1024);
     CHECK(c.dailyBudgetBytes == 0);
-    CHECK(c.spool.dir == "/var/lib/outrider/spool");
+    CHECK(c.spool.dir == "/var/lib/outrider/agent/spool");
     CHECK(c.spool.maxBytes == 64ull << 20);
     CHECK(c.spool.reserveBytes == 64ull << 20);
     CHECK(c.spool.reservePercent == 5);
