@@ -7,6 +7,6 @@ foreach(target fuzz_envelope fuzz_line_protocol)
   add_test(NAME ${target}
     COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
             ${OUTRIDER_FUZZ_DIR}/${target} -runs=50000 -max_len=4096 -seed=1 -timeout=10)
-  set_tests_properties(${target} PROPERTIES LABELS "unit;hub" TIMEOUT 300)
+  set_tests_properties(${target} PROPERTIES LABELS "unit;hub;fuzz" TIMEOUT 300)
 endforeach()
 endif()

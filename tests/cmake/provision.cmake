@@ -12,5 +12,5 @@ if(NOT CMAKE_CROSSCOMPILING)
 add_test(NAME fuzz_bundle
   COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
           ${OUTRIDER_FUZZ_DIR}/fuzz_bundle -runs=50000 -max_len=4096 -seed=1 -timeout=10)
-set_tests_properties(fuzz_bundle PROPERTIES LABELS "unit;provision" TIMEOUT 300)
+set_tests_properties(fuzz_bundle PROPERTIES LABELS "unit;provision;fuzz" TIMEOUT 300)
 endif()

@@ -68,7 +68,13 @@ ContainerFixture::~ContainerFixture() {
 
 std::string ContainerFixture::vmmConfig() const {
   std::ostringstream c;
-  c << "[containers]\n"
+  // [vms] too: vmm keeps its instance id and accelerator verdict there, which must not land in the host's
+  // /var/lib/outrider.
+  c << "[vms]\n"
+    << "state_dir = \"" << (dir_ / "vms").string() << "\"\n"
+    << "log_dir = \"" << (dir_ / "vm-logs").string() << "\"\n"
+    << "accel = \"tcg\"\n"
+    << "[containers]\n"
     << "runtime_root = \"" << runtimeRoot().string() << "\"\n"
     << "state_dir = \"" << stateDir().string() << "\"\n"
     << "images_dir = \"" << imagesDir().string() << "\"\n"
