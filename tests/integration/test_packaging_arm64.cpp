@@ -29,7 +29,7 @@ TEST_CASE("arm64 unit tests pass under qemu-user") {
   TempDir scratch("arm64");
   // Generic netlink does not exist under qemu-user, and an emulated test cannot exec other arm64 programs
   // (binfmt_misc is not mounted here): those tests carry the label no-qemu.
-  auto r = runCapture({"ctest", "--test-dir", arm64Build().string(), "-L", "unit", "-LE", "no-qemu",
+  auto r = runCapture({"ctest", "--test-dir", arm64Build().string(), "-L", "unit", "-LE", "no-qemu", "-j2",
                        "--output-on-failure", "--no-tests=error", "--timeout", "600"},
                       scratch);
   std::printf("%s\n", r.text.substr(r.text.size() > 4000 ? r.text.size() - 4000 : 0).c_str());
