@@ -1,7 +1,11 @@
 #include "outrider/agent/agent.hpp"
 
+#include <fcntl.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <climits>
 
 #include "outrider/agent/daemon_monitor.hpp"
 #include "outrider/agent/hook_report.hpp"
@@ -11,6 +15,7 @@
 #include "outrider/agent/telemetry_service.hpp"
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/verifier.hpp"
+#include "outrider/agent/update_service.hpp"
 #include "outrider/agent/workloads.hpp"
 #include "outrider/common/atomic_file.hpp"
 #include "outrider/common/log.hpp"
@@ -36,6 +41,7 @@ struct Agent::Impl {
   std::unique_ptr<HubSession> hub;
   std::unique_ptr<DaemonMonitor> monitor;
   std::unique_ptr<Workloads> workloads;
+  std::unique_ptr<UpdateService> updates;
   // Telemetry batches go out over the hub session, QoS 1, dropped from the spool only on PUBACK.
   struct HubSink final : TelemetrySink {
     Impl& self;
@@ -135,6 +141,94 @@ struct Agent::Impl {
                          });
   }
 
+  UpdateHost updateHost() {
+    UpdateHost h;
+    h.hubConnected = [this] { return hub && hub->connected(); };
+    h.daemons = [this] { return monitor->health(); };
+    h.manifest = [this] { return workloads->manifest(); };
+    h.guests = [this](std::function<void(Result<std::map<std::string, std::string>>)> done) {
+      auto acc = std::make_shared<std::map<std::string, std::string>>();
+      v1::LocalRequest vms;
+      vms.mutable_vm_list();
+      monitor->call("vmm", std::move(vms), std::chrono::seconds(5), [this, acc, done](Result<v1::LocalReply> r) {
+        if (!r || (r->has_error() && r->error().code() != v1::LocalError::CODE_UNSPECIFIED))
+          return done(Error{r ? r->error().message() : r.error().message});
+        for (const auto& vm : r->vm_list().vms()) (*acc)["vm " + vm.name()] = vm.state();
+        v1::LocalRequest cts;
+        cts.mutable_ct_list();
+        monitor->call("vmm", std::move(cts), std::chrono::seconds(5), [acc, done](Result<v1::LocalReply> r2) {
+          if (!r2 || (r2->has_error() && r2->error().code() != v1::LocalError::CODE_UNSPECIFIED))
+            return done(Error{r2 ? r2->error().message() : r2.error().message});
+          for (const auto& c : r2->ct_list().containers()) (*acc)["container " + c.name()] = c.state();
+          done(std::move(*acc));
+        });
+      });
+    };
+    h.runHooks = [this](std::string event, hooks::HookEnv env, std::function<void(Result<hooks::RunResult>)> done) {
+      std::weak_ptr<int> life = alive;
+      hookRunner->runAsync(std::move(event), std::move(env), io.get_executor(),
+                           [this, life, done = std::move(done)](Result<hooks::RunResult> r) {
+                             if (life.expired()) return;
+                             if (r) {
+                               logHookRun(*r);
+                               const std::string ev(hooks::eventName(r->event));
+                               for (const auto& x : r->hooks)
+                                 publishEvent("agent", "hook.result", ev + "/" + x.name, hookEventDetail(x));
+                             }
+                             done(std::move(r));
+                           });
+    };
+    h.progress = [this](const std::string& id, std::string msg, std::uint32_t pct) {
+      processor->progress(id, std::move(msg), pct);
+    };
+    h.adopt = [this](const std::string& id) { processor->adopt(id); };
+    h.finishAdopted = [this](const std::string& id, v1::CommandReply r) { processor->finishAdopted(id, std::move(r)); };
+    if (cfg.update.launcher == "spawn") h.launch = [this] { return spawnUpdater(); };
+    if (auto a = dpkgArch()) h.arch = *a;
+    return h;
+  }
+
+  static std::optional<std::string> dpkgArch() {
+    // The node's dpkg architecture as the package names it (amd64, arm64).
+    utsname u{};
+    if (::uname(&u) != 0) return std::nullopt;
+    std::string m = u.machine;
+    if (m == "x86_64") return "amd64";
+    if (m == "aarch64") return "arm64";
+    return std::nullopt;
+  }
+
+  // launcher = "spawn": `outrider-agent update-apply` detached in its own session (it outlives the agent,
+  // which it restarts), output appended to DIR/updater.log.
+  Status spawnUpdater() {
+    char self[PATH_MAX] = {};
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return errnoError("readlink /proc/self/exe", errno);
+    auto log = (cfg.update.dir / "updater.log").string();
+    auto config = cfg.configFile.string();
+    pid_t pid = ::fork();
+    if (pid < 0) return errnoError("fork", errno);
+    if (pid == 0) {
+      ::setsid();
+      if (::fork() != 0) ::_exit(0);
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      int nul = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (fd >= 0) {
+        ::dup2(fd, 1);
+        ::dup2(fd, 2);
+      }
+      if (nul >= 0) ::dup2(nul, 0);
+      for (int i = 3; i < 1024; ++i) ::close(i);
+      const char* argv[] = {self, "update-apply", "--config", config.c_str(), nullptr};
+      ::execv(self, const_cast<char* const*>(argv));
+      ::_exit(127);
+    }
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) return Error{"the updater could not be started"};
+    return {};
+  }
+
   // Expired entries are forgotten either way; a failed compaction only leaves the file longer.
   void pruneJournal() {
     if (auto s = journal->prune(clock.nowMs(), cfg.limits.clockSkewMs); !s)
@@ -209,8 +303,9 @@ struct Agent::Impl {
                      s.error().message);
         },
         [this] { return status(true); },
-        [this](const Command& cmd, CommandProcessor::DoneFn done) {
+        [this](const std::string& id, const Command& cmd, CommandProcessor::DoneFn done) {
           if (const auto* h = std::get_if<HookCommand>(&cmd)) return runHooks(*h, std::move(done));
+          if (const auto* u = std::get_if<UpdateCommand>(&cmd)) return updates->run(id, u->op, std::move(done));
           workloads->run(cmd, std::move(done));
         });
     hookRunner = std::make_unique<hooks::HookRunner>(
@@ -245,9 +340,11 @@ struct Agent::Impl {
         WorkloadOptions{.stateDir = cfg.stateDir, .resync = cfg.resyncInterval},
         [this] { hub->refreshStatus(); });
     if (auto s = workloads->load(); !s) return s;
+    updates = std::make_unique<UpdateService>(io, cfg.update, updateHost());
     if (cfg.telemetry.enabled) startTelemetry();
     monitor->start();
     workloads->start();
+    updates->start();
     hub->start();
     armHousekeeping();
     LOG_INFO("node {}: {} broker(s), first {}", cfg.nodeId, cfg.hub.brokers.size(), cfg.hub.brokers.front().text());
@@ -265,6 +362,7 @@ void Agent::stop(std::function<void()> done) {
   impl_->housekeeping.cancel();
   if (impl_->hookRunner) impl_->hookRunner->stop();
   if (impl_->telemetry) impl_->telemetry->stop();
+  if (impl_->updates) impl_->updates->stop();
   if (impl_->workloads) impl_->workloads->stop();
   if (impl_->monitor) impl_->monitor->stop();
   if (!impl_->hub) return done();

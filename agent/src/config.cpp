@@ -66,6 +66,19 @@ AgentConfig fromReader(ConfigReader& r, bool identity) {
   if (!c.hooksDir.is_absolute()) r.fail("hooks.dir", "must be an absolute path");
   c.hookTimeout = std::chrono::seconds(r.integer("hooks.timeout_s", 60, 1, 3600));
 
+  c.update.dir = r.str("update.dir", (c.stateDir / "update").string());
+  if (!c.update.dir.is_absolute()) r.fail("update.dir", "must be an absolute path");
+  c.update.package = r.str("update.package", c.update.package);
+  c.update.healthDeadline = std::chrono::seconds(r.integer("update.health_deadline_s", 120, 5, 3600));
+  c.update.reserveBytes = static_cast<std::uint64_t>(r.integer("update.reserve_mb", 32, 0, 1 << 20)) << 20;
+  c.update.maxPackageBytes = static_cast<std::uint64_t>(r.integer("update.max_package_mb", 512, 1, 1 << 16)) << 20;
+  c.update.launcher = r.str("update.launcher", c.update.launcher);
+  if (c.update.launcher != "systemd" && c.update.launcher != "spawn")
+    r.fail("update.launcher", "must be \"systemd\" (outrider-update.path) or \"spawn\"");
+  c.update.restartCommand = r.strList("update.restart_command", {});
+  if (!c.update.restartCommand.empty() && c.update.restartCommand.front().find('/') != 0)
+    r.fail("update.restart_command", "the program must be an absolute path");
+
   auto level = r.str("log.level", "info");
   if (!log::parseLevel(level, c.logLevel))
     r.fail("log.level", "unknown level '" + level + "' (err, warning, notice, info, debug)");
@@ -76,7 +89,9 @@ AgentConfig fromReader(ConfigReader& r, bool identity) {
 
 AgentConfig AgentConfig::load(const std::filesystem::path& file) {
   auto r = ConfigReader::load(file);
-  return fromReader(r, true);
+  auto c = fromReader(r, true);
+  c.configFile = file;
+  return c;
 }
 
 AgentConfig AgentConfig::parse(std::string_view text, std::string source) {
@@ -95,6 +110,7 @@ std::optional<AgentConfig> loadNodeConfig(const std::filesystem::path& file) {
     if (std::filesystem::exists(prov, ec)) r.fillFrom(ConfigReader::load(prov));
   }
   auto c = fromReader(r, false);
+  c.configFile = file;
   if (c.nodeId.empty()) return std::nullopt;
   return c;
 }

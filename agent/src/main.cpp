@@ -12,6 +12,7 @@
 #include "outrider/agent/agent.hpp"
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/agent/provision.hpp"
+#include "outrider/agent/update.hpp"
 #include "outrider/common/config.hpp"
 #include "outrider/common/daemon.hpp"
 #include "outrider/common/log.hpp"
@@ -20,8 +21,40 @@
 
 namespace outrider::agent {
 
+namespace {
+// `outrider-agent update-apply [--config FILE]`: the privileged half of an update (root), started by
+// outrider-update.path when the agent writes its request, or spawned by the agent (launcher = "spawn").
+int runUpdateApply(int argc, char** argv) {
+  std::string configPath = "/etc/outrider/agent.toml";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--config" && i + 1 < argc) {
+      configPath = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: outrider-agent update-apply [--config FILE]\n");
+      return 2;
+    }
+  }
+  std::optional<AgentConfig> cfg;
+  try {
+    cfg = loadNodeConfig(configPath);
+  } catch (const ConfigError& e) {
+    LOG_ERR("{}", e.what());
+    return 2;
+  }
+  if (!cfg) {
+    LOG_ERR("update: the node is not provisioned; nothing to update");
+    return 2;
+  }
+  log::setLevel(cfg->logLevel);
+  return update::runUpdater(update::UpdaterOptions{
+      .cfg = cfg->update, .hooksDir = cfg->hooksDir, .hookTimeout = cfg->hookTimeout, .node = cfg->nodeId});
+}
+}  // namespace
+
 int runMain(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "provision") == 0) return provision::runProvision(argc - 1, argv + 1);
+  if (argc > 1 && std::strcmp(argv[1], "update-apply") == 0) return runUpdateApply(argc - 1, argv + 1);
   std::string configPath = "/etc/outrider/agent.toml";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -33,7 +66,7 @@ int runMain(int argc, char** argv) {
     } else if (a.rfind("--config=", 0) == 0) {
       configPath = a.substr(9);
     } else {
-      std::fprintf(stderr, "usage: outrider-agent [--config FILE] [--version]\n       outrider-agent provision --from DIR [--config FILE] [--pubkey FILE]\n");
+      std::fprintf(stderr, "usage: outrider-agent [--config FILE] [--version]\n       outrider-agent provision --from DIR [--config FILE] [--pubkey FILE]\n       outrider-agent update-apply [--config FILE]\n");
       return 2;
     }
   }
@@ -41,6 +74,7 @@ int runMain(int argc, char** argv) {
   // waits (READY to systemd, so the unit is healthy) and starts as soon as provisioning has written its part.
   std::optional<AgentConfig> cfg;
   try {
+    configPath = std::filesystem::absolute(configPath).string();
     cfg = loadNodeConfig(configPath);
   } catch (const ConfigError& e) {
     LOG_ERR("{}", e.what());

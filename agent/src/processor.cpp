@@ -24,6 +24,8 @@ bool changesNode(const Command& c) {
           return cmd.op.op() != outrider::v1::VmCommand::LIST && cmd.op.op() != outrider::v1::VmCommand::CONSOLE;
         else if constexpr (std::is_same_v<T, ContainerCommand>)
           return cmd.op.op() != outrider::v1::ContainerCommand::LIST && cmd.op.op() != outrider::v1::ContainerCommand::LOGS;
+        else if constexpr (std::is_same_v<T, UpdateCommand>)
+          return cmd.op.op() == outrider::v1::UpdateCommand::OFFER || cmd.op.op() == outrider::v1::UpdateCommand::INSTALL;
         else
           return !(std::is_same_v<T, PingCommand> || std::is_same_v<T, GetStatusCommand> ||
                    std::is_same_v<T, TunnelCommand>);
@@ -65,6 +67,16 @@ Status checkCommand(const outrider::v1::CommandBody& b) {
       hooks::HookEnv env(b.hook().env().begin(), b.hook().env().end());
       return hooks::validateHookEnv(env);
     }
+    case CommandBody::kUpdate: {
+      const auto& u = b.update();
+      using U = outrider::v1::UpdateCommand;
+      if (u.op() == U::OP_UNSPECIFIED || !U::Op_IsValid(u.op())) return Error{"update command without a known operation"};
+      if (u.op() != U::STATUS && u.sha256().size() != 32) return Error{"update: sha256 must be 32 bytes"};
+      if (u.op() == U::OFFER && u.size() == 0) return Error{"update offer without a size"};
+      if (u.op() == U::CHUNK && u.data().empty()) return Error{"update chunk without data"};
+      if (u.health_deadline_s() > 3600) return Error{"update: health_deadline_s is at most 3600"};
+      return {};
+    }
     default:
       return {};
   }
@@ -80,6 +92,7 @@ Command toCommand(const outrider::v1::CommandBody& b) {
     case outrider::v1::CommandBody::kApply: return ApplyCommand{b.apply().manifest()};
     case outrider::v1::CommandBody::kTunnel: return TunnelCommand{b.tunnel()};
     case outrider::v1::CommandBody::kHook: return HookCommand{b.hook()};
+    case outrider::v1::CommandBody::kUpdate: return UpdateCommand{b.update()};
     default: return GetStatusCommand{};  // unreachable: the verifier refuses an unset command
   }
 }
@@ -143,7 +156,7 @@ void CommandProcessor::handle(std::string_view payload) {
           publishFn_(recorded);
         }
         return;
-      } else if (running_.count(v.commandId)) {
+      } else if (running_.count(v.commandId) || adopted_.count(v.commandId)) {
         ++counters_.redelivered;
         LOG_DEBUG("command {}: redelivered while running, ignoring", v.commandId);
         return;
@@ -285,7 +298,7 @@ void CommandProcessor::start(Verdict v) {
             r.set_message("this agent runs no workloads");
             return finish(run, std::move(r));
           }
-          workFn_(run->cmd, [this, run](Reply r) {
+          workFn_(run->id, run->cmd, [this, run](Reply r) {
             if (run->done) return;  // the deadline answered first, or the processor is gone
             r.set_command_id(run->id);
             finish(run, std::move(r));
@@ -302,6 +315,42 @@ void CommandProcessor::start(Verdict v) {
     accepted.set_seq(run->seq++);
     publish(accepted);
   }
+}
+
+void CommandProcessor::progress(const std::string& commandId, std::string message, std::uint32_t pct) {
+  Reply p;
+  p.set_command_id(commandId);
+  p.set_kind(Reply::PROGRESS);
+  p.set_message(std::move(message));
+  p.set_progress_pct(pct);
+  if (auto it = running_.find(commandId); it != running_.end()) {
+    p.set_seq(it->second->seq++);
+  } else if (auto a = adopted_.find(commandId); a != adopted_.end()) {
+    p.set_seq(a->second++);
+  } else {
+    return;
+  }
+  publish(std::move(p));
+}
+
+void CommandProcessor::adopt(const std::string& commandId) {
+  // Replies of the earlier run came first: continue their numbering far above them.
+  adopted_.emplace(commandId, 1000);
+}
+
+void CommandProcessor::finishAdopted(const std::string& commandId, Reply r) {
+  r.set_command_id(commandId);
+  if (auto it = running_.find(commandId); it != running_.end()) return finish(it->second, std::move(r));
+  auto a = adopted_.find(commandId);
+  r.set_seq(a != adopted_.end() ? a->second : 1000);
+  if (a != adopted_.end()) adopted_.erase(a);
+  r.set_node_id(nodeId_);
+  r.set_at_ms(clock_.nowMs());
+  r.kind() == Reply::SUCCEEDED ? ++counters_.succeeded : ++counters_.failed;
+  if (auto s = journal_.recordFinished(commandId, r.SerializeAsString(), Durability::Sync); !s)
+    LOG_ERR("command {}: journal: {}", commandId, s.error().message);
+  if (r.kind() != Reply::SUCCEEDED) LOG_WARN("command {}: failed: {}", commandId, r.message());
+  publishFn_(r);
 }
 
 void CommandProcessor::finish(const std::shared_ptr<Run>& run, Reply r) {

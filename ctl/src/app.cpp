@@ -519,6 +519,132 @@ Outcome events(const Invocation& inv, std::ostream& out) {
   return ok();
 }
 
+// update NODE PACKAGE.deb [--chunk-kib N] [--health-deadline S] / update status NODE
+// The package goes as signed pieces (offer, chunks, install; docs/updates.md). A transfer cut earlier
+// resumes at what the node already holds.
+std::string updateJson(const std::string& node, const v1::CommandReply& r) {
+  const auto& u = r.update();
+  return fmt::format("{{\"node\":{},\"ok\":{},\"phase\":{},\"from_version\":{},\"to_version\":{},\"reason\":{},"
+                     "\"health_ms\":{},\"message\":{}}}",
+                     jsonQuote(node), r.kind() == v1::CommandReply::SUCCEEDED, jsonQuote(u.phase()),
+                     jsonQuote(u.from_version()), jsonQuote(u.to_version()), jsonQuote(u.reason()), u.health_ms(),
+                     jsonQuote(r.message()));
+}
+
+Outcome update(const Invocation& inv, std::ostream& out) {
+  const bool statusOnly = inv.words.size() >= 2 && inv.words[1] == "status";
+  const char* synopsis = "update NODE PACKAGE.deb [--chunk-kib N] [--health-deadline S] | update status NODE";
+  if (auto bad = checkShape(inv, "update", 3, statusOnly ? std::vector<std::string_view>{}
+                                                          : std::vector<std::string_view>{"chunk-kib", "health-deadline"},
+                            synopsis))
+    return *bad;
+  const std::string& node = inv.words[statusOnly ? 2 : 1];
+  if (auto bad = checkNode(node)) return *bad;
+  const GlobalOptions& g = inv.global;
+  if (statusOnly) {
+    Outcome usage;
+    auto r = runSigned(inv, node, [](v1::CommandBody& b) { b.mutable_update()->set_op(v1::UpdateCommand::STATUS); },
+                       usage, out);
+    if (!r || !r->succeeded()) return finishSigned(std::move(r), usage);
+    out << (g.json ? updateJson(node, r->reply) : r->reply.message()) << "\n";
+    return ok();
+  }
+  auto chunkKib = optionalUint(inv, "chunk-kib", 1024);
+  if (!chunkKib) return usageError(chunkKib.error().message);
+  auto healthDeadline = optionalUint(inv, "health-deadline", 3600);
+  if (!healthDeadline) return usageError(healthDeadline.error().message);
+  const std::size_t chunk = (*chunkKib ? *chunkKib : 48) * std::size_t{1024};
+  auto pkg = readFile(inv.words[2], std::size_t{512} << 20);
+  if (!pkg) return failure(fmt::format("cannot read {}: {}", inv.words[2], pkg.error().message));
+  if (pkg->size() < 8 || pkg->compare(0, 8, "!<arch>\n") != 0)
+    return usageError(fmt::format("{} is not a Debian package", inv.words[2]));
+  const auto digest = crypto::sha256(*pkg);
+  const std::string sha(reinterpret_cast<const char*>(digest.data()), digest.size());
+  const std::uint64_t size = pkg->size();
+
+  if (g.signKey.empty())
+    return usageError("update needs the operator signing key: --sign-key FILE (or OUTRIDER_SIGN_KEY, or sign_key in ctl.toml)");
+  auto key = crypto::SigningKey::loadFile(g.signKey);
+  if (!key) return failure(fmt::format("cannot load signing key {}: {}", g.signKey, key.error().message));
+  Outcome usage;
+  auto hub = connectHub(g, usage);
+  if (!hub) return usage.exit ? usage : failure(hub.error().message);
+  CommandClient client(**hub, *key, g.timeout());
+  auto send = [&](const std::function<void(v1::UpdateCommand&)>& fill) {
+    auto body = client.newBody(node);
+    auto* u = body.mutable_update();
+    u->set_sha256(sha);
+    fill(*u);
+    return client.execute(body);
+  };
+  auto offer = [&]() -> Result<std::uint64_t> {
+    auto r = send([&](v1::UpdateCommand& u) {
+      u.set_op(v1::UpdateCommand::OFFER);
+      u.set_size(size);
+    });
+    if (!r) return r.error();
+    if (!r->succeeded()) return Error{"the node refused the package: " + r->failureText()};
+    return r->reply.update().have_bytes();
+  };
+  auto have = offer();
+  if (!have) return failure(have.error().message);
+  auto kib = [](std::uint64_t b) { return fmt::format("{} KiB", (b + 1023) / 1024); };
+  if (!g.json) {
+    if (*have >= size) out << fmt::format("{} already holds the package ({})\n", node, kib(size));
+    else if (*have > 0) out << fmt::format("resuming at byte {} of {} ({} held by {})\n", *have, size, kib(*have), node);
+    else out << fmt::format("sending {} to {} in pieces of {}\n", kib(size), node, kib(chunk));
+    out.flush();
+  }
+  std::uint64_t offset = *have;
+  unsigned lastTenth = static_cast<unsigned>(10 * offset / size);
+  bool resynced = false;
+  while (offset < size) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, size - offset));
+    auto r = send([&](v1::UpdateCommand& u) {
+      u.set_op(v1::UpdateCommand::CHUNK);
+      u.set_offset(offset);
+      u.set_data(pkg->substr(offset, n));
+    });
+    if (!r) return failure(fmt::format("transfer stopped at byte {} of {}: {}; run the same update again to resume",
+                                       offset, size, r.error().message));
+    if (!r->succeeded()) {
+      // The node holds something else than we think (another hub sent pieces, or it dropped a bad
+      // package): ask once where to go on.
+      if (resynced) return failure(fmt::format("transfer stopped at byte {} of {}: {}", offset, size, r->failureText()));
+      resynced = true;
+      auto again = offer();
+      if (!again) return failure(again.error().message);
+      offset = *again;
+      continue;
+    }
+    resynced = false;
+    offset = r->reply.update().have_bytes();
+    unsigned tenth = static_cast<unsigned>(10 * offset / size);
+    if (!g.json && tenth != lastTenth) {
+      out << fmt::format("sent {} of {} ({}%)\n", kib(offset), kib(size), 100 * offset / size);
+      out.flush();
+      lastTenth = tenth;
+    }
+  }
+  // Install: long, across a restart of the agent; its replies come until commit or rollback.
+  const std::uint32_t deadlineS = (*healthDeadline ? *healthDeadline : 120) + 600;
+  CommandClient installer(**hub, std::move(*key), std::max(g.timeout(), std::chrono::milliseconds(deadlineS * 1000ull)));
+  auto body = installer.newBody(node);
+  auto* u = body.mutable_update();
+  u->set_op(v1::UpdateCommand::INSTALL);
+  u->set_sha256(sha);
+  u->set_health_deadline_s(*healthDeadline);
+  auto r = installer.execute(body, [&](const v1::CommandReply& p) {
+    if (g.json || p.kind() != v1::CommandReply::PROGRESS) return;
+    out << fmt::format("progress {}%: {}\n", p.progress_pct(), p.message());
+    out.flush();
+  });
+  if (!r) return failure(r.error().message);
+  out << (g.json ? updateJson(node, r->reply) : r->reply.message()) << "\n";
+  if (!r->succeeded()) return failure(r->failureText());
+  return ok();
+}
+
 // telemetry watch [NODE] [--count N] [--for S]: telemetry summaries as they arrive.
 Outcome telemetryWatch(const Invocation& inv, std::ostream& out) {
   const char* synopsis = "telemetry watch [NODE] [--count N] [--for S]";
@@ -568,6 +694,7 @@ Outcome dispatch(const Invocation& inv, std::ostream& out) {
   if (cmd == "apply") return apply(inv, out);
   if (cmd == "tunnel") return tunnel(inv, out);
   if (cmd == "hook") return hook(inv, out);
+  if (cmd == "update") return update(inv, out);
   if (cmd == "events") return events(inv, out);
   if (cmd == "telemetry") return telemetryWatch(inv, out);
   return usageError(fmt::format("unknown command '{}' (see outriderctl --help)", cmd));
@@ -610,6 +737,11 @@ Commands:
                           boot-ok, rollback, pre-reboot, factory-reset) with those extra variables;
                           prints each hook's status and output (docs/hooks.md). Raise --timeout
                           for slow hooks
+  update NODE PACKAGE.deb [--chunk-kib N] [--health-deadline S]
+                          send the node a newer outrider package in signed pieces (resuming a cut
+                          transfer), install it, and wait for the node's commit, or its rollback and
+                          why (docs/updates.md); --health-deadline: seconds the node has to be healthy
+  update status NODE      the node's last update: phase, versions, reason
   telemetry watch [NODE] [--count N] [--for S]
                           print telemetry summaries (count, sum, min, max, last, p50/p90/p99 per
                           series and window) as they arrive; --json gives one line per batch

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "outrider/hooks/boot_slots.hpp"
-#include "spawn.hpp"
+#include "outrider/hooks/spawn.hpp"
 
 namespace outrider::hooks::detail {
 

@@ -10,7 +10,7 @@
 #include <array>
 #include <cerrno>
 
-#include "spawn.hpp"
+#include "outrider/hooks/spawn.hpp"
 
 namespace outrider::hooks {
 namespace fs = std::filesystem;

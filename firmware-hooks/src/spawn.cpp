@@ -1,4 +1,4 @@
-#include "spawn.hpp"
+#include "outrider/hooks/spawn.hpp"
 
 #include <fcntl.h>
 #include <poll.h>

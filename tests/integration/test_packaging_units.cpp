@@ -111,3 +111,21 @@ TEST_CASE("the provisioning udev rule starts the oneshot unit for a file system 
   CHECK(one(u, "ExecStartPre").find("-o ro,") != std::string::npos);  // the stick is mounted read-only
   CHECK(one(u, "ExecStart").find("outrider-agent provision --from") != std::string::npos);
 }
+
+TEST_CASE("an update request in the agent's update directory starts the root updater, which dpkg leaves alone") {
+  auto p = readUnit(unitDir() / "outrider-update.path");
+  CHECK(one(p, "PathExists") == "/var/lib/outrider/agent/update/request");
+  CHECK(one(p, "Unit") == "outrider-update.service");
+  auto s = readUnit(unitDir() / "outrider-update.service");
+  CHECK(one(s, "Type") == "oneshot");
+  CHECK(one(s, "User").empty());  // root: it runs dpkg
+  CHECK(one(s, "ExecStart") == "/usr/sbin/outrider-agent update-apply --config /etc/outrider/agent.toml");
+  CHECK(one(s, "KillMode") == "process");
+  CHECK(s.count("ConditionPathExists") == 2);  // idle at boot unless an update was cut short
+  // The package's maintainer scripts must not start, stop or restart the updater while it runs dpkg.
+  std::ifstream in(fs::path(OUTRIDER_SOURCE_DIR) / "packaging/debian/rules");
+  std::stringstream rules;
+  rules << in.rdbuf();
+  CHECK(rules.str().find("dh_installsystemd -Xoutrider-update.service") != std::string::npos);
+  CHECK(rules.str().find("--no-start --no-stop-on-upgrade outrider-update.service") != std::string::npos);
+}

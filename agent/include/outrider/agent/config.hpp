@@ -8,6 +8,7 @@
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/telemetry_service.hpp"
+#include "outrider/agent/update.hpp"
 #include "outrider/agent/verifier.hpp"
 #include "outrider/common/log.hpp"
 
@@ -43,6 +44,10 @@ struct AgentConfig {
   /// [hooks]: <dir>/<event>.d/ holds the hooks (docs/hooks.md); each runs at most hookTimeout.
   std::filesystem::path hooksDir = "/etc/outrider/hooks";
   std::chrono::milliseconds hookTimeout{60'000};
+  /// [update]: the package update (docs/updates.md); dir defaults to state_dir/update.
+  update::UpdateConfig update;
+  /// The file this configuration came from (the spawned updater reads it again).
+  std::filesystem::path configFile;
 
   /// Throws ConfigError naming file, line and key. The node's identity (node.id, hub.brokers,
   /// commands.operator_keys) is required.

@@ -37,8 +37,11 @@ struct TunnelCommand {
 struct HookCommand {
   outrider::v1::HookCommand op;
 };
-using Command =
-    std::variant<PingCommand, GetStatusCommand, VmCommand, ContainerCommand, ApplyCommand, TunnelCommand, HookCommand>;
+struct UpdateCommand {
+  outrider::v1::UpdateCommand op;
+};
+using Command = std::variant<PingCommand, GetStatusCommand, VmCommand, ContainerCommand, ApplyCommand, TunnelCommand,
+                             HookCommand, UpdateCommand>;
 
 /// Field checks of a signed body beyond what the verifier does: an operation is set, names are valid,
 /// a manifest passes validateManifest, a hook event and its variables are valid. A failure is a MALFORMED rejection, and nothing runs.
@@ -61,7 +64,7 @@ class CommandProcessor {
   /// Runs the commands that need the local daemons (vm, ct, apply, tunnel) or other work (hook). It calls `done` once with
   /// the final reply (kind SUCCEEDED or FAILED, message, result); a call after the deadline is ignored.
   using DoneFn = std::function<void(outrider::v1::CommandReply)>;
-  using WorkFn = std::function<void(const Command&, DoneFn done)>;
+  using WorkFn = std::function<void(const std::string& commandId, const Command&, DoneFn done)>;
 
   CommandProcessor(boost::asio::io_context& io, std::string nodeId, const CommandVerifier& verifier,
                    CommandJournal& journal, const Clock& clock, ProcessorOptions opts, PublishFn publish,
@@ -71,6 +74,14 @@ class CommandProcessor {
   /// One payload from the cmd topic. Never throws; every outcome is a reply.
   void handle(std::string_view payload);
   std::size_t inFlight() const { return running_.size(); }
+
+  /// A PROGRESS reply for a command that runs here, or for one adopted after a restart.
+  void progress(const std::string& commandId, std::string message, std::uint32_t pct = 0);
+  /// A command accepted by an earlier run of the agent that this run carries on (an update, across the
+  /// restart it causes): a redelivery is ignored instead of answered "interrupted".
+  void adopt(const std::string& commandId);
+  /// The final reply of an adopted command (or of one running here): journaled, then published.
+  void finishAdopted(const std::string& commandId, outrider::v1::CommandReply r);
   /// Counters for status and telemetry.
   struct Counters {
     std::uint64_t received = 0, rejected = 0, succeeded = 0, failed = 0, redelivered = 0;
@@ -93,6 +104,7 @@ class CommandProcessor {
   StatusFn statusFn_;
   WorkFn workFn_;
   std::map<std::string, std::shared_ptr<Run>> running_;
+  std::map<std::string, std::uint32_t> adopted_;  // id -> next reply seq
   Counters counters_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };

@@ -48,6 +48,7 @@ class Workloads {
   void daemonChanged(const outrider::v1::DaemonHealth& h);
 
   std::uint64_t manifestVersion() const { return manifest_ ? manifest_->version() : 0; }
+  const std::optional<outrider::v1::NodeManifest>& manifest() const { return manifest_; }
   const std::string& wireguardPublicKey() const { return wgKey_; }
 
  private:
