@@ -470,6 +470,10 @@ class Updater {
       LOG_WARN("update: another updater is running; leaving it to that one");
       return 0;
     }
+    // Who holds the lock: for operators (and tests) that must find a running updater.
+    auto pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(lock.fd, 0) != 0 || ::pwrite(lock.fd, pid.data(), pid.size(), 0) < 0)
+      LOG_WARN("update: cannot write the PID into updater.lock");
     auto state = readState(stateFile(dir_));
     if (!state) {
       LOG_ERR("update: {}; moving it aside", state.error().message);

@@ -17,7 +17,7 @@ namespace {
 
 // Options that take a value, and the flags without one. Subcommand options are checked by the subcommand.
 const std::set<std::string, std::less<>> kGlobalValued = {"broker", "cafile", "cert", "key", "sign-key", "timeout"};
-const std::set<std::string, std::less<>> kLocalValued = {"out", "count", "hold", "grace", "bytes", "for"};
+const std::set<std::string, std::less<>> kLocalValued = {"out", "count", "hold", "grace", "bytes", "for", "chunk-kib", "health-deadline"};
 
 Error usage(std::string message) { return Error{std::move(message), 0}; }
 

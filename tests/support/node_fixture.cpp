@@ -59,17 +59,21 @@ void NodeFixture::writeConfigs() {
                                     << quoted(dir_ / "wg-uapi") << "\n";
 }
 
-void NodeFixture::startVmm() {
-  vmm = Process({binary("outrider-vmm").string(), "--config", (dir_ / "vmm.toml").string()}, dir_ / "vmm.log");
+std::vector<std::string> NodeFixture::daemonArgv(const std::string& name) const {
+  const std::string exe = "outrider-" + name;
+  std::vector<std::string> argv;
+  if (!opts_.supervisor.empty()) argv = {opts_.supervisor.string(), (dir_ / (name + ".pid")).string()};
+  argv.push_back(opts_.binDir.empty() ? binary(exe).string() : (opts_.binDir / exe).string());
+  argv.push_back("--config");
+  argv.push_back((dir_ / (name + ".toml")).string());
+  return argv;
 }
 
-void NodeFixture::startNetd() {
-  netd = Process({binary("outrider-netd").string(), "--config", (dir_ / "netd.toml").string()}, dir_ / "netd.log");
-}
+void NodeFixture::startVmm() { vmm = Process(daemonArgv("vmm"), dir_ / "vmm.log"); }
 
-void NodeFixture::startAgent() {
-  agent = Process({binary("outrider-agent").string(), "--config", (dir_ / "agent.toml").string()}, dir_ / "agent.log");
-}
+void NodeFixture::startNetd() { netd = Process(daemonArgv("netd"), dir_ / "netd.log"); }
+
+void NodeFixture::startAgent() { agent = Process(daemonArgv("agent"), dir_ / "agent.log"); }
 
 void NodeFixture::startAll() {
   startVmm();

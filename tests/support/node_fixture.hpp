@@ -26,6 +26,11 @@ struct NodeFixtureOptions {
   /// The agent's telemetry: its UDP ingest port (0 = the kernel's choice) and more [telemetry] keys.
   unsigned telemetryUdpPort = 0;
   std::string telemetryExtra;
+  /// Where the daemons are run from; empty = this build. (The update test runs the installed package.)
+  std::filesystem::path binDir;
+  /// A supervisor that runs each daemon again when it ends, as systemd's Restart= would:
+  /// `supervisor PIDFILE PROGRAM ARGS...`, keeping the daemon's current PID in PIDFILE (DIR/NAME.pid).
+  std::filesystem::path supervisor;
 };
 
 class NodeFixture {
@@ -59,6 +64,7 @@ class NodeFixture {
   std::string diagnostics() const;
 
  private:
+  std::vector<std::string> daemonArgv(const std::string& name) const;
   NodeFixtureOptions opts_;
   TempDir dir_{"node"};
 
