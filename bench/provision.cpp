@@ -3,8 +3,14 @@
 // enrollment listener, the real agent waiting unprovisioned). Baseline, measured in the same run: an
 // agent configured by hand with its certificate, from start to its first `online` status.
 //
+// update: time from `outriderctl update NODE PACKAGE.deb` to the node's commit reply, with the package
+// installed for real on this machine (root; the benchmark refuses when outrider is already installed, and
+// purges what it installed), the installed daemons under a supervisor and the updater spawned by the agent.
+// Baseline, in the same run: `dpkg --install` of a package of the same size by hand.
+//
 // Usage: bench_provision [ROUNDS]   (default 3)
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -15,8 +21,11 @@
 #include "outrider/common/topics.hpp"
 #include "outrider/v1/hub.pb.h"
 #include "support/mqtt_fixture.hpp"
+#include "support/node_fixture.hpp"
+#include "support/packages.hpp"
 #include "support/process.hpp"
 #include "support/sandbox_config.hpp"
+#include "support/update_node.hpp"
 
 using namespace outrider;
 using namespace outrider::test;
@@ -55,6 +64,66 @@ int fail(const std::string& why) {
   std::fprintf(stderr, "bench_provision: %s\n", why.c_str());
   std::printf("RESULT provision.provision_to_online value=0 unit=ms baseline=- ratio=- goal=<=5000ms FAIL\n");
   return 1;
+}
+
+int updateFail(const std::string& why) {
+  std::fprintf(stderr, "bench_provision: update: %s\n", why.c_str());
+  std::printf("RESULT provision.update_commit value=0 unit=ms baseline=- ratio=- goal=<=120000ms FAIL\n");
+  return 1;
+}
+
+struct PurgeAtEnd {
+  const TempDir& scratch;
+  ~PurgeAtEnd() {
+    if (!installedOutriderVersion(scratch).empty()) (void)runCapture({"dpkg", "--purge", "outrider"}, scratch);
+  }
+};
+
+int benchUpdate() {
+  if (::getuid() != 0) return updateFail("needs root (it installs the package)");
+  TempDir scratch("bench-update");
+  if (!installedOutriderVersion(scratch).empty())
+    return updateFail("outrider is installed on this machine; the benchmark installs and purges it, so it leaves it alone");
+  std::string why;
+  auto arch = runCapture({"dpkg", "--print-architecture"}, scratch).text;
+  arch = arch.substr(0, arch.find('\n'));
+  auto debs = makePackages(scratch, arch, OUTRIDER_BIN_DIR, {}, why);
+  if (!debs) return updateFail("scripts/package: " + why);
+  auto v1 = runCapture({"dpkg-deb", "--field", debs->node.string(), "Version"}, scratch).text;
+  v1 = v1.substr(0, v1.find('\n'));
+  auto v2 = restampPackage(debs->node, v1 + "+bench1", scratch, why);
+  if (!v2) return updateFail("restamp: " + why);
+  PurgeAtEnd purge{scratch};
+  if (auto r = runCapture({"apt-get", "install", "-y", "--no-install-recommends", debs->node.string()}, scratch); r.rc != 0)
+    return updateFail("apt-get install: " + r.text);
+
+  TempDir tools("bench-update-tools");
+  writeExecutable(tools / "supervise", kSuperviseScript);
+  NodeFixtureOptions o;
+  o.logLevel = "warning";
+  o.binDir = "/usr/sbin";
+  o.supervisor = tools / "supervise";
+  o.libvirtUri = "test:///default";
+  o.telemetryExtra = "[update]\nlauncher = \"spawn\"\nhealth_deadline_s = 120\nrestart_command = [\"" +
+                     (tools / "restart").string() + "\"]\n";
+  NodeFixture n(o);
+  writeExecutable(tools / "restart", "for f in " + (n / "agent.pid").string() + " " + (n / "netd.pid").string() + " " +
+                                         (n / "vmm.pid").string() + "; do kill -TERM \"$(cat \"$f\")\"; done");
+  n.startAll();
+  if (!waitFor([&] { return n.ctl({"ping", "n1"}, 5).first == 0; }, 30s)) return updateFail("n1 did not come online: " + n.diagnostics());
+  auto t0 = Clock::now();
+  auto [rc, out] = n.ctl({"update", "n1", v2->string()}, 60);
+  const double value = msSince(t0);
+  if (rc != 0 || out.find("committed") == std::string::npos) return updateFail("update did not commit: " + out + n.diagnostics());
+  std::printf("update %s -> %s committed after %.0f ms:\n%s", v1.c_str(), (v1 + "+bench1").c_str(), value, out.c_str());
+  // Baseline: dpkg installing a package of that size by hand (back to the first version).
+  auto b0 = Clock::now();
+  if (auto r = runCapture({"dpkg", "--install", debs->node.string()}, scratch); r.rc != 0)
+    return updateFail("dpkg --install: " + r.text);
+  const double baseline = msSince(b0);
+  std::printf("RESULT provision.update_commit value=%.1f unit=ms baseline=%.1f ratio=%.3f goal=<=120000ms %s\n", value,
+              baseline, value / baseline, value <= 120000 ? "PASS" : "FAIL");
+  return 0;
 }
 
 }  // namespace
@@ -158,5 +227,5 @@ int main(int argc, char** argv) {
   std::printf("RESULT provision.provision_to_online value=%.1f unit=ms baseline=%.1f ratio=%.3f goal=<=5000ms %s\n", value,
               baseline, value / baseline, value <= 5000 ? "PASS" : "FAIL");
   std::printf("RESULT provision.enroll value=%.1f unit=ms baseline=- ratio=- goal=- PASS\n", enroll);
-  return 0;
+  return benchUpdate();
 }

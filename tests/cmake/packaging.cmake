@@ -7,7 +7,7 @@ if(NOT CMAKE_CROSSCOMPILING)
                 TIMEOUT 300)
   outrider_test(test_packaging_install SOURCES integration/test_packaging_install.cpp
                 LABELS integration packaging TIMEOUT 600)
-  set_tests_properties(test_packaging_install PROPERTIES RUN_SERIAL ON)
+  set_tests_properties(test_packaging_install PROPERTIES RUN_SERIAL ON RESOURCE_LOCK outrider-package)
 
   set(OUTRIDER_ARM64_BUILD_DIR "${CMAKE_SOURCE_DIR}/build-arm64" CACHE PATH "The arm64 build tree the arm64 tests check")
   outrider_test(test_packaging_arm64 SOURCES integration/test_packaging_arm64.cpp

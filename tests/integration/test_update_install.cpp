@@ -20,6 +20,7 @@
 #include "support/commands_out.hpp"
 #include "support/node_fixture.hpp"
 #include "support/packaging.hpp"
+#include "support/update_node.hpp"
 
 using namespace outrider::test;
 using namespace std::chrono_literals;
@@ -27,16 +28,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string installedVersion(const TempDir& scratch) {
-  auto r = runCapture({"dpkg-query", "-W", "-f=${db:Status-Abbrev}${Version}", "outrider"}, scratch);
-  if (r.rc != 0 || r.text.rfind("ii ", 0) != 0) return {};
-  return r.text.substr(3);
-}
-
 struct PurgeAtEnd {
   const TempDir& scratch;
   ~PurgeAtEnd() {
-    if (!installedVersion(scratch).empty()) (void)runCapture({"dpkg", "--purge", "outrider", "outrider-ctl"}, scratch);
+    if (!installedOutriderVersion(scratch).empty()) (void)runCapture({"dpkg", "--purge", "outrider", "outrider-ctl"}, scratch);
   }
 };
 
@@ -61,38 +56,12 @@ std::string controlField(const fs::path& deb, const std::string& field, const Te
   return r.text.substr(0, r.text.find('\n'));
 }
 
-/// `base` again as version `version`, optionally with one installed file replaced by a shell script.
 fs::path restamp(const fs::path& base, const std::string& version, const TempDir& scratch,
                  const std::string& replace = {}, const std::string& script = {}) {
-  auto tree = scratch / ("tree-" + version);
-  auto r = runCapture({"dpkg-deb", "-R", base.string(), tree.string()}, scratch);
-  REQUIRE_MESSAGE(r.rc == 0, r.text);
-  auto control = tree / "DEBIAN" / "control";
-  std::ifstream in(control);
-  std::string text, line;
-  while (std::getline(in, line)) text += (line.rfind("Version: ", 0) == 0 ? "Version: " + version : line) + "\n";
-  in.close();
-  std::ofstream(control) << text;
-  if (!replace.empty()) {
-    std::ofstream(tree / replace, std::ios::trunc) << "#!/bin/sh\n" << script << "\n";
-    fs::permissions(tree / replace, static_cast<fs::perms>(0755));
-    // md5sums must match the files for dpkg --verify; rewrite the line for this file.
-    auto sums = runCapture({"sh", "-c", "cd \"$0\" && find . -path ./DEBIAN -prune -o -type f -printf '%P\\0' | "
-                                        "xargs -0 md5sum > DEBIAN/md5sums",
-                            tree.string()},
-                           scratch);
-    REQUIRE(sums.rc == 0);
-  }
-  auto out = scratch / ("outrider_" + version + ".deb");
-  r = runCapture({"dpkg-deb", "-Zgzip", "-z1", "--root-owner-group", "-b", tree.string(), out.string()}, scratch);
-  REQUIRE_MESSAGE(r.rc == 0, r.text);
-  return out;
-}
-
-void writeScript(const fs::path& p, const std::string& body) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p) << "#!/bin/sh\n" << body << "\n";
-  fs::permissions(p, static_cast<fs::perms>(0755));
+  std::string why;
+  auto p = restampPackage(base, version, scratch, why, replace, script);
+  REQUIRE_MESSAGE(p, why);
+  return *p;
 }
 
 std::string slurp(const fs::path& p) {
@@ -113,25 +82,22 @@ TEST_CASE("update: refused when the disk is short, a cut transfer resumes and co
   auto good = restamp(debs.node, v2, scratch);
   auto broken = restamp(good, v3, scratch, "usr/sbin/outrider-netd", "echo 'netd: broken build' >&2\nexit 1");
 
-  if (!installedVersion(scratch).empty()) {
+  if (!installedOutriderVersion(scratch).empty()) {
     MESSAGE("purging outrider packages left installed by an earlier run");
     (void)runCapture({"dpkg", "--purge", "outrider", "outrider-ctl"}, scratch);
   }
   PurgeAtEnd purge{scratch};
   auto inst = runCapture({"apt-get", "install", "-y", "--no-install-recommends", debs.node.string()}, scratch);
   REQUIRE_MESSAGE(inst.rc == 0, inst.text);
-  REQUIRE(installedVersion(scratch) == v1);
+  REQUIRE(installedOutriderVersion(scratch) == v1);
 
   // The supervisor (systemd's Restart=) and the restart command the updater runs (systemctl restart).
   TempDir tools("update-tools");
-  writeScript(tools / "supervise",
-              "pidfile=$1; shift\nchild=\n"
-              "trap 'test -n \"$child\" && kill -TERM \"$child\" 2>/dev/null; wait \"$child\" 2>/dev/null; exit 0' TERM INT\n"
-              "while :; do \"$@\" & child=$!; echo $child > \"$pidfile\"; wait $child; sleep 0.3; done");
+  writeExecutable(tools / "supervise", kSuperviseScript);
   TempDir hooks("update-hooks");
-  writeScript(hooks / "boot-ok.d" / "10-mark", "echo \"$OUTRIDER_VERSION_TO\" >> " + (hooks / "boot-ok.ran").string());
-  writeScript(hooks / "rollback.d" / "10-mark", "echo \"$OUTRIDER_REASON\" >> " + (hooks / "rollback.ran").string());
-  writeScript(hooks / "pre-update.d" / "10-ok", "echo \"pre-update $OUTRIDER_VERSION_FROM -> $OUTRIDER_VERSION_TO\"");
+  writeExecutable(hooks / "boot-ok.d" / "10-mark", "echo \"$OUTRIDER_VERSION_TO\" >> " + (hooks / "boot-ok.ran").string());
+  writeExecutable(hooks / "rollback.d" / "10-mark", "echo \"$OUTRIDER_REASON\" >> " + (hooks / "rollback.ran").string());
+  writeExecutable(hooks / "pre-update.d" / "10-ok", "echo \"pre-update $OUTRIDER_VERSION_FROM -> $OUTRIDER_VERSION_TO\"");
 
   NodeFixtureOptions o;
   o.binDir = "/usr/sbin";
@@ -144,7 +110,7 @@ TEST_CASE("update: refused when the disk is short, a cut transfer resumes and co
                      "restart_command = [\"" + restartScript.string() + "\"]\n";
   NodeFixture n(o);
   self = &n;
-  writeScript(restartScript, "for f in " + (n / "agent.pid").string() + " " + (n / "netd.pid").string() + " " +
+  writeExecutable(restartScript, "for f in " + (n / "agent.pid").string() + " " + (n / "netd.pid").string() + " " +
                                  (n / "vmm.pid").string() + "; do kill -TERM \"$(cat \"$f\")\"; done");
   auto updateDir = n / "agent-state" / "update";
   fs::create_directories(updateDir);
@@ -201,7 +167,7 @@ TEST_CASE("update: refused when the disk is short, a cut transfer resumes and co
     CHECK(resumedAt < fs::file_size(good));
     CHECK(out.find("pre-update: 1 ran, ok") != std::string::npos);
     CHECK(out.find("committed: outrider " + v2 + " (was " + v1 + ")") != std::string::npos);
-    CHECK(installedVersion(scratch) == v2);
+    CHECK(installedOutriderVersion(scratch) == v2);
     CHECK(slurp(hooks / "boot-ok.ran") == v2 + "\n");
     auto [src, sout] = n.ctl({"update", "status", "n1"}, 10);
     CHECK(src == 0);
@@ -215,7 +181,7 @@ TEST_CASE("update: refused when the disk is short, a cut transfer resumes and co
     INFO(slurp(updateDir / "updater.log"));
     CHECK(rc != 0);
     CHECK(out.find("rolled back to outrider " + v2 + ": health check failed: netd UNREACHABLE") != std::string::npos);
-    CHECK(installedVersion(scratch) == v2);
+    CHECK(installedOutriderVersion(scratch) == v2);
     CHECK(slurp(hooks / "rollback.ran").find("netd UNREACHABLE") != std::string::npos);
     // And the node serves on, with the rolled-back daemons.
     CHECK(waitFor(online, 30s));
