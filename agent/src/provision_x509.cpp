@@ -14,31 +14,20 @@
 #include <cstdlib>
 
 #include "outrider/common/c_handle.hpp"
+#include "outrider/common/openssl.hpp"
 #include "outrider/common/crypto.hpp"
 
 namespace outrider::agent::provision {
 
 namespace {
 
-using EvpPkey = CHandle<EVP_PKEY, EVP_PKEY_free>;
-using Bio = CHandle<BIO, BIO_free>;
-using X509Req = CHandle<X509_REQ, X509_REQ_free>;
-using X509Cert = CHandle<X509, X509_free>;
+using ssl::Bio;
+using ssl::EvpPkey;
+using ssl::memBio;
+using ssl::X509Cert;
+using ssl::X509Req;
 using X509Store = CHandle<X509_STORE, X509_STORE_free>;
 using X509StoreCtx = CHandle<X509_STORE_CTX, X509_STORE_CTX_free>;
-
-Error sslError(std::string what) {
-  std::string detail;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!detail.empty()) detail += "; ";
-    detail += buf;
-  }
-  return Error{detail.empty() ? what : what + ": " + detail, 0};
-}
-
-Bio memBio(std::string_view data) { return Bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size()))); }
 
 std::string bioContents(BIO* bio) {
   char* p = nullptr;
@@ -50,9 +39,9 @@ int noPassphrase(char*, int, int, void*) noexcept { return -1; }
 
 Result<X509Cert> readCert(std::string_view pem, const char* what) {
   auto bio = memBio(pem);
-  if (!bio) return sslError("BIO_new_mem_buf");
+  if (!bio) return ssl::error("BIO_new_mem_buf");
   X509Cert c(PEM_read_bio_X509(bio.get(), nullptr, &noPassphrase, nullptr));
-  if (!c) return sslError(std::string(what) + ": not a PEM certificate");
+  if (!c) return ssl::error(std::string(what) + ": not a PEM certificate");
   // Exactly one certificate: anything after it would be ignored by some readers and used by others.
   X509Cert extra(PEM_read_bio_X509(bio.get(), nullptr, &noPassphrase, nullptr));
   ERR_clear_error();
@@ -77,25 +66,25 @@ std::string commonName(X509* c) {
 
 Result<NodeKey> makeNodeKey(std::string_view nodeId) {
   EvpPkey key(EVP_EC_gen("P-256"));
-  if (!key) return sslError("generate the node's P-256 key");
+  if (!key) return ssl::error("generate the node's P-256 key");
   X509Req req(X509_REQ_new());
-  if (!req) return sslError("X509_REQ_new");
+  if (!req) return ssl::error("X509_REQ_new");
   X509_NAME* name = X509_REQ_get_subject_name(req.get());
   std::string cn(nodeId);
   if (X509_REQ_set_version(req.get(), 0) != 1 ||
       X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1,
                                  0) != 1 ||
       X509_REQ_set_pubkey(req.get(), key.get()) != 1 || X509_REQ_sign(req.get(), key.get(), EVP_sha256()) <= 0)
-    return sslError("make the certificate request");
+    return ssl::error("make the certificate request");
   NodeKey out;
   unsigned char* der = nullptr;
   int len = i2d_X509_REQ(req.get(), &der);
-  if (len <= 0) return sslError("encode the certificate request");
+  if (len <= 0) return ssl::error("encode the certificate request");
   out.csrDer.assign(reinterpret_cast<char*>(der), static_cast<std::size_t>(len));
   OPENSSL_free(der);
   Bio mem(BIO_new(BIO_s_mem()));
   if (!mem || PEM_write_bio_PrivateKey(mem.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1)
-    return sslError("encode the node's key");
+    return ssl::error("encode the node's key");
   out.keyPem = bioContents(mem.get());
   return out;
 }
@@ -117,7 +106,7 @@ Status checkNodeCertificate(std::string_view certPem, std::string_view caPem, st
   X509StoreCtx ctx(X509_STORE_CTX_new());
   if (!store || !ctx || X509_STORE_add_cert(store.get(), ca->get()) != 1 ||
       X509_STORE_CTX_init(ctx.get(), store.get(), cert->get(), nullptr) != 1)
-    return sslError("set up certificate verification");
+    return ssl::error("set up certificate verification");
   X509_STORE_CTX_set_purpose(ctx.get(), X509_PURPOSE_SSL_CLIENT);
   if (X509_verify_cert(ctx.get()) != 1) {
     int err = X509_STORE_CTX_get_error(ctx.get());
@@ -129,7 +118,7 @@ Status checkNodeCertificate(std::string_view certPem, std::string_view caPem, st
     return Error{"node certificate is for '" + cn + "', not '" + std::string(nodeId) + "'"};
   auto bio = memBio(keyPem);
   EvpPkey key(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, &noPassphrase, nullptr) : nullptr);
-  if (!key) return sslError("read the node's key");
+  if (!key) return ssl::error("read the node's key");
   if (X509_check_private_key(cert->get(), key.get()) != 1) {
     ERR_clear_error();
     return Error{"node certificate does not hold this node's public key"};

@@ -5,8 +5,6 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include <cerrno>
 #include <chrono>
 #include <sstream>
@@ -15,6 +13,8 @@
 #include <fmt/format.h>
 
 #include "outrider/common/atomic_file.hpp"
+#include "outrider/common/clock.hpp"
+#include "outrider/common/openssl.hpp"
 #include "outrider/common/log.hpp"
 #include "outrider/hooks/runner.hpp"
 #include "outrider/hooks/spawn.hpp"
@@ -23,10 +23,7 @@ namespace outrider::agent::update {
 
 namespace {
 
-std::int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+std::int64_t nowMs() { return SystemClock().nowMs(); }
 
 std::string digestHex(const crypto::Sha256& d) { return crypto::hex(std::span<const std::uint8_t>(d)); }
 
@@ -42,7 +39,7 @@ struct Fd {
 Result<crypto::Sha256> hashFile(const fs::path& p) {
   Fd f{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
   if (f.fd < 0) return errnoError("open " + p.string(), errno);
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  ssl::EvpMdCtx ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return Error{"sha256: cannot initialise"};
   std::vector<char> buf(1 << 16);
   for (;;) {

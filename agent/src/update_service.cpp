@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "outrider/common/atomic_file.hpp"
+#include "outrider/common/clock.hpp"
 #include "outrider/common/log.hpp"
 
 namespace outrider::agent {
@@ -13,10 +14,7 @@ using update::Phase;
 
 namespace {
 
-std::int64_t nowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+std::int64_t nowMs() { return SystemClock().nowMs(); }
 
 crypto::Sha256 toDigest(const std::string& bytes) {
   crypto::Sha256 d{};

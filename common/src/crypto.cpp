@@ -1,5 +1,6 @@
 // The OpenSSL adapter for Ed25519, SHA-256 and base64: the only file that includes OpenSSL headers.
 #include "outrider/common/c_handle.hpp"
+#include "outrider/common/openssl.hpp"
 #include "outrider/common/crypto.hpp"
 
 #include <openssl/bio.h>
@@ -19,34 +20,18 @@ namespace outrider::crypto {
 
 namespace {
 
+using ssl::Bio;
+using ssl::EvpMdCtx;
+using ssl::EvpPkey;
+using ssl::memBio;
 
-using EvpPkey = CHandle<EVP_PKEY, EVP_PKEY_free>;
 using EvpPkeyCtx = CHandle<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
-using EvpMdCtx = CHandle<EVP_MD_CTX, EVP_MD_CTX_free>;
-using Bio = CHandle<BIO, BIO_free>;
 
 constexpr std::size_t kRawKeyBytes = 32;
 constexpr std::size_t kSignatureBytes = 64;
 // Key files are a few hundred bytes; the cap only stops a wrong path (a disk image, /dev/zero) early.
 constexpr std::size_t kMaxKeyFileBytes = 64 * 1024;
 constexpr std::string_view kInlinePrefix = "ed25519:";
-
-// Drains the thread's OpenSSL error queue into one message, so a failure never leaks stale entries
-// into the next, unrelated call on this thread.
-Error sslError(std::string what) {
-  std::string detail;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!detail.empty()) detail += "; ";
-    detail += buf;
-  }
-  return Error{detail.empty() ? what : what + ": " + detail, 0};
-}
-
-Bio memBio(std::string_view data) {
-  return Bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size())));
-}
 
 std::string bioContents(BIO* bio) {
   char* p = nullptr;
@@ -74,7 +59,7 @@ Result<Bytes> rawPublic(const EVP_PKEY* k) {
   std::size_t len = raw.size();
   if (EVP_PKEY_get_raw_public_key(k, reinterpret_cast<unsigned char*>(raw.data()), &len) != 1 ||
       len != kRawKeyBytes)
-    return sslError("read raw Ed25519 public key");
+    return ssl::error("read raw Ed25519 public key");
   return raw;
 }
 
@@ -166,7 +151,7 @@ Result<VerifyKey> VerifyKey::fromRaw(std::string_view raw32) {
     return Error{"Ed25519 public key must be 32 bytes, got " + std::to_string(raw32.size()), EINVAL};
   EvpPkey pkey(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr,
                                            reinterpret_cast<const unsigned char*>(raw32.data()), raw32.size()));
-  if (!pkey) return sslError("load Ed25519 public key");
+  if (!pkey) return ssl::error("load Ed25519 public key");
   VerifyKey k;
   k.h_ = std::make_shared<Handle>(Handle{std::move(pkey)});
   k.raw_ = Bytes(raw32);
@@ -176,9 +161,9 @@ Result<VerifyKey> VerifyKey::fromRaw(std::string_view raw32) {
 
 Result<VerifyKey> VerifyKey::fromPem(std::string_view pem) {
   Bio bio = memBio(pem);
-  if (!bio) return sslError("read public key PEM");
+  if (!bio) return ssl::error("read public key PEM");
   EvpPkey pkey(PEM_read_bio_PUBKEY(bio.get(), nullptr, noPassphrase, nullptr));
-  if (!pkey) return sslError("read public key PEM");
+  if (!pkey) return ssl::error("read public key PEM");
   if (!isEd25519(pkey.get()))
     return Error{"public key is " + typeName(pkey.get()) + ", not Ed25519", EINVAL};
   auto raw = rawPublic(pkey.get());
@@ -237,9 +222,9 @@ struct SigningKey::Handle {
 
 Result<SigningKey> SigningKey::generate() {
   EvpPkeyCtx ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr));
-  if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1) return sslError("generate Ed25519 key");
+  if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1) return ssl::error("generate Ed25519 key");
   EVP_PKEY* raw = nullptr;
-  if (EVP_PKEY_keygen(ctx.get(), &raw) != 1) return sslError("generate Ed25519 key");
+  if (EVP_PKEY_keygen(ctx.get(), &raw) != 1) return ssl::error("generate Ed25519 key");
   EvpPkey pkey(raw);
   auto pub = rawPublic(pkey.get());
   if (!pub) return pub.error();
@@ -253,9 +238,9 @@ Result<SigningKey> SigningKey::generate() {
 
 Result<SigningKey> SigningKey::fromPem(std::string_view pem) {
   Bio bio = memBio(pem);
-  if (!bio) return sslError("read private key PEM");
+  if (!bio) return ssl::error("read private key PEM");
   EvpPkey pkey(PEM_read_bio_PrivateKey(bio.get(), nullptr, noPassphrase, nullptr));
-  if (!pkey) return sslError("read private key PEM");
+  if (!pkey) return ssl::error("read private key PEM");
   if (!isEd25519(pkey.get()))
     return Error{"private key is " + typeName(pkey.get()) + ", not Ed25519", EINVAL};
   auto pub = rawPublic(pkey.get());

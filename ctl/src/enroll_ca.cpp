@@ -14,6 +14,7 @@
 
 #include "outrider/common/atomic_file.hpp"
 #include "outrider/common/c_handle.hpp"
+#include "outrider/common/openssl.hpp"
 #include "outrider/common/crypto.hpp"
 #include "outrider/ctl/enroll.hpp"
 #include "outrider/ctl/hub_client.hpp"
@@ -22,32 +23,20 @@ namespace outrider::ctl {
 
 namespace {
 
-using EvpPkey = CHandle<EVP_PKEY, EVP_PKEY_free>;
-using Bio = CHandle<BIO, BIO_free>;
-using X509Req = CHandle<X509_REQ, X509_REQ_free>;
-using X509Cert = CHandle<X509, X509_free>;
+using ssl::Bio;
+using ssl::EvpPkey;
+using ssl::memBio;
+using ssl::X509Cert;
+using ssl::X509Req;
 using X509Ext = CHandle<X509_EXTENSION, X509_EXTENSION_free>;
 using BigNum = CHandle<BIGNUM, BN_free>;
 
-Error sslError(std::string what) {
-  std::string detail;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!detail.empty()) detail += "; ";
-    detail += buf;
-  }
-  return Error{detail.empty() ? what : what + ": " + detail, 0};
-}
-
 int noPassphrase(char*, int, int, void*) noexcept { return -1; }
-
-Bio memBio(std::string_view data) { return Bio(BIO_new_mem_buf(data.data(), static_cast<int>(data.size()))); }
 
 Result<X509Cert> readOneCert(std::string_view pem, const std::string& what) {
   auto bio = memBio(pem);
   X509Cert c(bio ? PEM_read_bio_X509(bio.get(), nullptr, &noPassphrase, nullptr) : nullptr);
-  if (!c) return sslError(what + ": not a PEM certificate");
+  if (!c) return ssl::error(what + ": not a PEM certificate");
   X509Cert extra(PEM_read_bio_X509(bio.get(), nullptr, &noPassphrase, nullptr));
   ERR_clear_error();
   if (extra) return Error{what + ": more than one certificate"};
@@ -113,7 +102,7 @@ Result<FleetCa> FleetCa::load(const std::filesystem::path& certFile, const std::
   if (X509_check_ca(impl->cert.get()) < 1) return Error{certFile.string() + ": not a CA certificate"};
   auto bio = memBio(*keyPem);
   impl->key.reset(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, &noPassphrase, nullptr) : nullptr);
-  if (!impl->key) return sslError(keyFile.string() + ": not an unencrypted PEM private key");
+  if (!impl->key) return ssl::error(keyFile.string() + ": not an unencrypted PEM private key");
   if (X509_check_private_key(impl->cert.get(), impl->key.get()) != 1) {
     ERR_clear_error();
     return Error{keyFile.string() + ": does not belong to the CA certificate " + certFile.string()};
@@ -153,7 +142,7 @@ Result<IssuedCertificate> FleetCa::issue(std::string_view csrDer, std::string_vi
   if (!req) return req.error();
   EVP_PKEY* pub = X509_REQ_get0_pubkey(req->get());
   X509Cert cert(X509_new());
-  if (!cert || !pub) return sslError("X509_new");
+  if (!cert || !pub) return ssl::error("X509_new");
   X509* x = cert.get();
   // A random 127-bit serial: positive, and unique without a counter.
   BigNum bn(nullptr);
@@ -161,7 +150,7 @@ Result<IssuedCertificate> FleetCa::issue(std::string_view csrDer, std::string_vi
     BIGNUM* raw = nullptr;
     std::string hexSerial = randomHex(16);
     hexSerial[0] = "1234567"[static_cast<unsigned char>(hexSerial[0]) % 7];
-    if (BN_hex2bn(&raw, hexSerial.c_str()) == 0) return sslError("serial");
+    if (BN_hex2bn(&raw, hexSerial.c_str()) == 0) return ssl::error("serial");
     bn.reset(raw);
   }
   std::string cn(node);
@@ -171,7 +160,7 @@ Result<IssuedCertificate> FleetCa::issue(std::string_view csrDer, std::string_vi
                                  reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0) != 1 ||
       !X509_gmtime_adj(X509_getm_notBefore(x), -300) ||
       !X509_gmtime_adj(X509_getm_notAfter(x), static_cast<long>(days) * 86400) || X509_set_pubkey(x, pub) != 1)
-    return sslError("build the node certificate");
+    return ssl::error("build the node certificate");
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, impl_->cert.get(), x, nullptr, nullptr, 0);
@@ -184,21 +173,21 @@ Result<IssuedCertificate> FleetCa::issue(std::string_view csrDer, std::string_vi
   };
   for (const auto& [nid, value] : exts) {
     X509Ext e(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
-    if (!e || X509_add_ext(x, e.get(), -1) != 1) return sslError(std::string("certificate extension ") + value);
+    if (!e || X509_add_ext(x, e.get(), -1) != 1) return ssl::error(std::string("certificate extension ") + value);
   }
   const bool ed = EVP_PKEY_get_base_id(impl_->key.get()) == EVP_PKEY_ED25519 ||
                   EVP_PKEY_get_base_id(impl_->key.get()) == EVP_PKEY_ED448;
-  if (X509_sign(x, impl_->key.get(), ed ? nullptr : EVP_sha256()) <= 0) return sslError("sign the node certificate");
+  if (X509_sign(x, impl_->key.get(), ed ? nullptr : EVP_sha256()) <= 0) return ssl::error("sign the node certificate");
 
   IssuedCertificate out;
   Bio mem(BIO_new(BIO_s_mem()));
-  if (!mem || PEM_write_bio_X509(mem.get(), x) != 1) return sslError("encode the node certificate");
+  if (!mem || PEM_write_bio_X509(mem.get(), x) != 1) return ssl::error("encode the node certificate");
   char* p = nullptr;
   long n = BIO_get_mem_data(mem.get(), &p);
   out.pem.assign(p, static_cast<std::size_t>(n));
   unsigned char* der = nullptr;
   int len = i2d_X509(x, &der);
-  if (len <= 0) return sslError("encode the node certificate");
+  if (len <= 0) return ssl::error("encode the node certificate");
   out.certificateSha256 = hexSha256(std::string_view(reinterpret_cast<char*>(der), static_cast<std::size_t>(len)));
   OPENSSL_free(der);
   char* serialHex = BN_bn2hex(bn.get());
