@@ -419,3 +419,49 @@ TEST_CASE("install refuses a package for another name, the installed version, or
   CHECK_FALSE(fs::exists(requestFile(a.cfg().dir)));
   CHECK(a.hooksRun.empty());
 }
+
+TEST_CASE("update commands with bad fields are refused before anything runs") {
+  auto body = [](auto fill) {
+    v1::CommandBody b;
+    fill(*b.mutable_update());
+    return checkCommand(b);
+  };
+  const std::string digest(32, '\x01');
+  auto no_op = body([&](v1::UpdateCommand& u) { u.set_sha256(digest); });
+  REQUIRE_FALSE(no_op);
+  CHECK(no_op.error().message == "update command without a known operation");
+  auto short_digest = body([](v1::UpdateCommand& u) {
+    u.set_op(v1::UpdateCommand::OFFER);
+    u.set_sha256("abc");
+    u.set_size(10);
+  });
+  REQUIRE_FALSE(short_digest);
+  CHECK(short_digest.error().message == "update: sha256 must be 32 bytes");
+  auto no_size = body([&](v1::UpdateCommand& u) {
+    u.set_op(v1::UpdateCommand::OFFER);
+    u.set_sha256(digest);
+  });
+  REQUIRE_FALSE(no_size);
+  CHECK(no_size.error().message == "update offer without a size");
+  auto empty_chunk = body([&](v1::UpdateCommand& u) {
+    u.set_op(v1::UpdateCommand::CHUNK);
+    u.set_sha256(digest);
+    u.set_offset(0);
+  });
+  REQUIRE_FALSE(empty_chunk);
+  CHECK(empty_chunk.error().message == "update chunk without data");
+  auto long_deadline = body([&](v1::UpdateCommand& u) {
+    u.set_op(v1::UpdateCommand::INSTALL);
+    u.set_sha256(digest);
+    u.set_health_deadline_s(3601);
+  });
+  REQUIRE_FALSE(long_deadline);
+  CHECK(long_deadline.error().message == "update: health_deadline_s is at most 3600");
+  // Well-formed ones pass; STATUS needs no digest.
+  CHECK(body([](v1::UpdateCommand& u) { u.set_op(v1::UpdateCommand::STATUS); }));
+  CHECK(body([&](v1::UpdateCommand& u) {
+    u.set_op(v1::UpdateCommand::INSTALL);
+    u.set_sha256(digest);
+    u.set_health_deadline_s(3600);
+  }));
+}
