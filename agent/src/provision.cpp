@@ -228,6 +228,48 @@ void runProvisionedHooks(const AgentConfig& cfg, const VerifiedBundle& vb) {
   if (!r->ok()) LOG_WARN("a provisioned hook failed; the node stays provisioned");
 }
 
+// The node's key from the moment its request may reach the hub until the certificate is written: the hub
+// spends the token when it answers, so a run cut off before the answer arrived (power loss, kill) must ask
+// again with the same key, which the hub answers with the same certificate. STATE_DIR/enroll-pending.key
+// (0600): "bundle <id>" on the first line, then the key's PEM. A key kept for another bundle is replaced.
+class PendingKey {
+ public:
+  PendingKey(fs::path stateDir, std::string bundleId) : stateDir_(std::move(stateDir)), bundleId_(std::move(bundleId)) {}
+  fs::path file() const { return stateDir_ / "enroll-pending.key"; }
+
+  Result<NodeKey> load(const std::string& nodeId) {
+    const std::string head = "bundle " + bundleId_ + "\n";
+    if (auto kept = readFile(file(), 64 << 10); kept && kept->starts_with(head)) {
+      if (auto k = nodeKeyFrom(std::string_view(*kept).substr(head.size()), nodeId); k) {
+        LOG_NOTICE("asking with the key kept by an earlier run for bundle {} (it was cut off before the hub's answer)",
+                   bundleId_);
+        return k;
+      } else {
+        LOG_WARN("{}: {}; making a new key", file().string(), k.error().message);
+      }
+    }
+    auto key = makeNodeKey(nodeId);
+    if (!key) return key;
+    std::error_code ec;
+    if (!fs::exists(stateDir_, ec)) {
+      if (auto st = makeDirs(stateDir_, 0750); !st) return st.error();
+      madeDir_ = true;
+    }
+    if (auto st = writeFileAtomic(file(), head + key->keyPem, 0600); !st) return st.error();
+    return key;
+  }
+  void drop() {
+    std::error_code ec;
+    fs::remove(file(), ec);
+    if (madeDir_) fs::remove(stateDir_, ec);  // only if empty
+  }
+
+ private:
+  fs::path stateDir_;
+  std::string bundleId_;
+  bool madeDir_ = false;
+};
+
 // The steps; every refusal returns before the first write. Exit status as runProvision's.
 int provisionNode(const Options& o) {
   NodeSettings s;
@@ -265,6 +307,7 @@ int provisionNode(const Options& o) {
       return refuse(fmt::format("this node has a provisioned.toml that does not read ({})", e.what()));
     }
     if (by == vb->record()) {
+      fs::remove(PendingKey(s.stateDir, b.bundle_id()).file(), ec);  // left by a run cut off after it finished
       LOG_NOTICE("already provisioned as node '{}' from bundle {}: nothing to do", node, b.bundle_id());
       return 0;
     }
@@ -289,10 +332,11 @@ int provisionNode(const Options& o) {
   boost::asio::io_context io;
   const std::string wgKey = askNetdForWireguardKey(io, s.netdSocket);
   if (wgKey.empty()) LOG_INFO("netd did not name its WireGuard key; the hub learns it from the node's status later");
-  auto key = makeNodeKey(b.node_id());
-  if (!key) return refuse(key.error().message);
   TempCa ca;
   if (auto st = ca.create(b.ca_pem()); !st) return refuse(st.error().message);
+  PendingKey pending(s.stateDir, b.bundle_id());
+  auto key = pending.load(b.node_id());
+  if (!key) return refuse(key.error().message);
 
   EnrollParams p;
   p.nodeId = b.node_id();
@@ -309,7 +353,16 @@ int provisionNode(const Options& o) {
     return checkNodeCertificate(pem, b.ca_pem(), key->keyPem, b.node_id());
   };
   auto cert = enroll(io, p);
-  if (!cert) return refuse(cert.error().message);
+  if (!cert) {
+    if (cert.error().code == kEnrollRefused) {
+      pending.drop();  // a definite no: the key will never be certified
+      return refuse(cert.error().message);
+    }
+    LOG_ERR("provisioning stopped: {}; the node's key stays in {} so that running provision again with this "
+            "stick asks with the same key",
+            cert.error().message, pending.file().string());
+    return 1;
+  }
 
   Rollback rb;
   if (auto st = writeState(s, *vb, *key, *cert, provisioned, rb); !st) {
@@ -326,6 +379,7 @@ int provisionNode(const Options& o) {
     return 1;
   }
   rb.commit();
+  pending.drop();
   runProvisionedHooks(*cfg, *vb);
   LOG_NOTICE("provisioned as node '{}' from bundle {}: identity in {}, {}; the agent starts on its own", b.node_id(),
              b.bundle_id(), identity.string(),

@@ -64,9 +64,10 @@ std::string commonName(X509* c) {
 
 }  // namespace
 
-Result<NodeKey> makeNodeKey(std::string_view nodeId) {
-  EvpPkey key(EVP_EC_gen("P-256"));
-  if (!key) return ssl::error("generate the node's P-256 key");
+namespace {
+
+// The CSR for `nodeId` signed with `key`, and the key's PEM.
+Result<NodeKey> requestFor(EVP_PKEY* key, std::string_view nodeId) {
   X509Req req(X509_REQ_new());
   if (!req) return ssl::error("X509_REQ_new");
   X509_NAME* name = X509_REQ_get_subject_name(req.get());
@@ -74,7 +75,7 @@ Result<NodeKey> makeNodeKey(std::string_view nodeId) {
   if (X509_REQ_set_version(req.get(), 0) != 1 ||
       X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1,
                                  0) != 1 ||
-      X509_REQ_set_pubkey(req.get(), key.get()) != 1 || X509_REQ_sign(req.get(), key.get(), EVP_sha256()) <= 0)
+      X509_REQ_set_pubkey(req.get(), key) != 1 || X509_REQ_sign(req.get(), key, EVP_sha256()) <= 0)
     return ssl::error("make the certificate request");
   NodeKey out;
   unsigned char* der = nullptr;
@@ -83,10 +84,27 @@ Result<NodeKey> makeNodeKey(std::string_view nodeId) {
   out.csrDer.assign(reinterpret_cast<char*>(der), static_cast<std::size_t>(len));
   OPENSSL_free(der);
   Bio mem(BIO_new(BIO_s_mem()));
-  if (!mem || PEM_write_bio_PrivateKey(mem.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1)
+  if (!mem || PEM_write_bio_PrivateKey(mem.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1)
     return ssl::error("encode the node's key");
   out.keyPem = bioContents(mem.get());
   return out;
+}
+
+}  // namespace
+
+Result<NodeKey> makeNodeKey(std::string_view nodeId) {
+  EvpPkey key(EVP_EC_gen("P-256"));
+  if (!key) return ssl::error("generate the node's P-256 key");
+  return requestFor(key.get(), nodeId);
+}
+
+Result<NodeKey> nodeKeyFrom(std::string_view keyPem, std::string_view nodeId) {
+  auto bio = memBio(keyPem);
+  if (!bio) return ssl::error("BIO_new_mem_buf");
+  EvpPkey key(PEM_read_bio_PrivateKey(bio.get(), nullptr, &noPassphrase, nullptr));
+  if (!key) return ssl::error("the kept node key does not read");
+  if (!EVP_PKEY_is_a(key.get(), "EC")) return Error{"the kept node key is not an EC key"};
+  return requestFor(key.get(), nodeId);
 }
 
 Status checkCaCertificate(std::string_view pem) {

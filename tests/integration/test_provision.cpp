@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <csignal>
 #include <fstream>
 #include <map>
 
@@ -284,7 +285,12 @@ TEST_CASE("with no hub reachable yet, enrollment waits and retries, then succeed
   REQUIRE_MESSAGE(waitFor([&] { return slurp(w.dir / "provision.log").find("retrying in") != std::string::npos; }, 10s),
                   slurp(w.dir / "provision.log"));
   CHECK(prov.running());
-  CHECK(snapshot(w.dir / "node" / "state").empty());
+  // While it waits, only the key it asks with is kept (0600), nothing the agent would read.
+  auto waiting = snapshot(w.dir / "node" / "state");
+  CHECK(waiting.size() == 1);
+  CHECK(waiting.count("enroll-pending.key") == 1);
+  const auto keyPerms = fs::status(w.dir / "node" / "state" / "enroll-pending.key").permissions() & fs::perms::all;
+  CHECK((keyPerms == (fs::perms::owner_read | fs::perms::owner_write)));
   w.broker.restart();
   w.startServe();
   auto status = prov.wait(60s);
@@ -292,6 +298,44 @@ TEST_CASE("with no hub reachable yet, enrollment waits and retries, then succeed
   CHECK_MESSAGE(WIFEXITED(*status), slurp(w.dir / "provision.log"));
   CHECK_MESSAGE(WEXITSTATUS(*status) == 0, slurp(w.dir / "provision.log"));
   CHECK(fs::exists(w.dir / "node" / "state" / "provisioned.toml"));
+  CHECK_FALSE(fs::exists(w.dir / "node" / "state" / "enroll-pending.key"));
+}
+
+TEST_CASE("a run killed after the hub spent the token but before its answer arrived is finished by the next run") {
+  World w;
+  auto stick = w.readBack(w.image("edge-1"));
+  auto cfg = w.agentConfig("node");
+  const fs::path state = w.dir / "node" / "state";
+  // enroll serve stopped: the broker holds the request for it until it continues.
+  w.startServe();
+  w.serve.signal(SIGSTOP);
+  struct Resume {
+    Process& p;
+    ~Resume() { p.signal(SIGCONT); }
+  } resume{w.serve};
+  Process prov({binary("outrider-agent").string(), "provision", "--from", stick.string(), "--config", cfg.string(),
+                "--pubkey", w.provPub.string()},
+               w.dir / "cut.log");
+  REQUIRE_MESSAGE(waitFor([&] { return slurp(w.dir / "cut.log").find("waiting for the hub") != std::string::npos; }, 20s),
+                  slurp(w.dir / "cut.log"));
+  prov.signal(SIGKILL);  // the power goes: the request is out, the answer never reaches this run
+  prov.wait(10s);
+  const std::string keptKey = slurp(state / "enroll-pending.key");
+  REQUIRE(keptKey.starts_with("bundle "));
+  w.serve.signal(SIGCONT);
+  REQUIRE_MESSAGE(waitFor([&] { return slurp(w.dir / "serve.log").find("enrolled edge-1") != std::string::npos; }, 20s),
+                  slurp(w.dir / "serve.log"));
+  CHECK_FALSE(fs::exists(state / "provisioned.toml"));
+
+  // The token is spent now; the next run asks with the kept key and gets the certificate issued for it.
+  auto [rc, log] = w.provision(stick, cfg);
+  REQUIRE_MESSAGE(rc == 0, log, "\n--- serve:\n", slurp(w.dir / "serve.log"));
+  CHECK(log.find("asking with the key kept by an earlier run") != std::string::npos);
+  CHECK(slurp(w.dir / "serve.log").find("enrolled edge-1 again (same key") != std::string::npos);
+  CHECK(slurp(w.dir / "serve.log").find("refused") == std::string::npos);
+  CHECK(keptKey.find(slurp(state / "identity" / "node.key")) != std::string::npos);  // the key that was asked with
+  CHECK_FALSE(fs::exists(state / "enroll-pending.key"));
+  CHECK(slurp(w.dir / "node" / "hook-ran").starts_with("provisioned edge-1 "));
 }
 
 TEST_CASE("outriderctl provision image checks its input before it writes anything") {

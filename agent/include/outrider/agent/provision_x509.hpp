@@ -16,6 +16,10 @@ struct NodeKey {
 
 /// A fresh P-256 key and a CSR for `nodeId`.
 Result<NodeKey> makeNodeKey(std::string_view nodeId);
+/// A CSR for `nodeId` from a key made earlier (`keyPem` as makeNodeKey wrote it): a provisioning run that
+/// was cut before the hub's answer asks again with the same key, and the hub answers with the same
+/// certificate instead of refusing the spent token.
+Result<NodeKey> nodeKeyFrom(std::string_view keyPem, std::string_view nodeId);
 
 /// `pem` holds exactly one X.509 certificate usable as a CA (basicConstraints CA:TRUE).
 Status checkCaCertificate(std::string_view pem);
