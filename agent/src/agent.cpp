@@ -16,6 +16,7 @@
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/verifier.hpp"
 #include "outrider/agent/update_service.hpp"
+#include "outrider/agent/boot_check.hpp"
 #include "outrider/agent/workloads.hpp"
 #include "outrider/common/atomic_file.hpp"
 #include "outrider/common/log.hpp"
@@ -42,6 +43,7 @@ struct Agent::Impl {
   std::unique_ptr<DaemonMonitor> monitor;
   std::unique_ptr<Workloads> workloads;
   std::unique_ptr<UpdateService> updates;
+  std::unique_ptr<BootCheck> bootCheck;
   // Telemetry batches go out over the hub session, QoS 1, dropped from the spool only on PUBACK.
   struct HubSink final : TelemetrySink {
     Impl& self;
@@ -341,10 +343,16 @@ struct Agent::Impl {
         [this] { hub->refreshStatus(); });
     if (auto s = workloads->load(); !s) return s;
     updates = std::make_unique<UpdateService>(io, cfg.update, updateHost());
+    bootCheck = std::make_unique<BootCheck>(io, cfg.boot, updateHost(),
+                                            [this](const std::string& kind, const std::string& subject,
+                                                   const std::string& detail) {
+                                              publishEvent("agent", kind, subject, detail);
+                                            });
     if (cfg.telemetry.enabled) startTelemetry();
     monitor->start();
     workloads->start();
     updates->start();
+    bootCheck->start();
     hub->start();
     armHousekeeping();
     LOG_INFO("node {}: {} broker(s), first {}", cfg.nodeId, cfg.hub.brokers.size(), cfg.hub.brokers.front().text());
@@ -363,6 +371,7 @@ void Agent::stop(std::function<void()> done) {
   if (impl_->hookRunner) impl_->hookRunner->stop();
   if (impl_->telemetry) impl_->telemetry->stop();
   if (impl_->updates) impl_->updates->stop();
+  if (impl_->bootCheck) impl_->bootCheck->stop();
   if (impl_->workloads) impl_->workloads->stop();
   if (impl_->monitor) impl_->monitor->stop();
   if (!impl_->hub) return done();

@@ -79,6 +79,23 @@ AgentConfig fromReader(ConfigReader& r, bool identity) {
   if (!c.update.restartCommand.empty() && c.update.restartCommand.front().find('/') != 0)
     r.fail("update.restart_command", "the program must be an absolute path");
 
+  c.boot.dir = c.stateDir / "boot";
+  c.boot.slots.backend = r.str("boot.backend", "");
+  const auto& backend = c.boot.slots.backend;
+  if (!backend.empty() && backend != "grub" && backend != "uboot" && backend != "none")
+    r.fail("boot.backend", "must be \"grub\", \"uboot\" or \"none\" (or unset: no A/B boot slots)");
+  c.boot.slots.grubenv = r.str("boot.grubenv", "/boot/grub/grubenv");
+  c.boot.slots.ubootConfig = r.str("boot.uboot_config", "/etc/fw_env.config");
+  c.boot.slots.ubootDefaultEnv = r.str("boot.uboot_default_env", "");
+  c.boot.slots.stateFile = r.str("boot.state_file", (c.stateDir / "boot-slots").string());
+  for (const char* k : {"boot.grubenv", "boot.uboot_config", "boot.state_file"})
+    if (!std::filesystem::path(r.str(k, "/")).is_absolute()) r.fail(k, "must be an absolute path");
+  c.boot.countBoots = r.boolean("boot.count_boots", backend == "none");
+  c.boot.healthDeadline = std::chrono::seconds(r.integer("boot.health_deadline_s", 300, 10, 3600));
+  c.boot.rebootCommand = r.strList("boot.reboot_command", {});
+  if (!c.boot.rebootCommand.empty() && c.boot.rebootCommand.front().find('/') != 0)
+    r.fail("boot.reboot_command", "the program must be an absolute path");
+
   auto level = r.str("log.level", "info");
   if (!log::parseLevel(level, c.logLevel))
     r.fail("log.level", "unknown level '" + level + "' (err, warning, notice, info, debug)");

@@ -10,6 +10,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "outrider/agent/agent.hpp"
+#include "outrider/agent/boot.hpp"
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/agent/provision.hpp"
 #include "outrider/agent/update.hpp"
@@ -22,16 +23,19 @@
 namespace outrider::agent {
 
 namespace {
-// `outrider-agent update-apply [--config FILE]`: the privileged half of an update (root), started by
-// outrider-update.path when the agent writes its request, or spawned by the agent (launcher = "spawn").
-int runUpdateApply(int argc, char** argv) {
+// The agent's privileged helpers (root, one run each), `outrider-agent NAME [--config FILE]`:
+//  - update-apply: the privileged half of an update, started by outrider-update.path when the agent writes
+//    its request, or spawned by the agent (launcher = "spawn");
+//  - boot-watch: the boot slots at boot (outrider-boot.service): count, wait for the agent's verdict on a
+//    trial boot, commit.
+int runHelper(const char* name, int argc, char** argv) {
   std::string configPath = "/etc/outrider/agent.toml";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
       configPath = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: outrider-agent update-apply [--config FILE]\n");
+      std::fprintf(stderr, "usage: outrider-agent %s [--config FILE]\n", name);
       return 2;
     }
   }
@@ -43,10 +47,13 @@ int runUpdateApply(int argc, char** argv) {
     return 2;
   }
   if (!cfg) {
-    LOG_ERR("update: the node is not provisioned; nothing to update");
+    LOG_ERR("{}: the node is not provisioned; nothing to do", name);
     return 2;
   }
   log::setLevel(cfg->logLevel);
+  if (std::strcmp(name, "boot-watch") == 0)
+    return boot::runBootWatch(boot::WatchOptions{
+        .cfg = cfg->boot, .hooksDir = cfg->hooksDir, .hookTimeout = cfg->hookTimeout, .node = cfg->nodeId});
   return update::runUpdater(update::UpdaterOptions{
       .cfg = cfg->update, .hooksDir = cfg->hooksDir, .hookTimeout = cfg->hookTimeout, .node = cfg->nodeId});
 }
@@ -54,7 +61,8 @@ int runUpdateApply(int argc, char** argv) {
 
 int runMain(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "provision") == 0) return provision::runProvision(argc - 1, argv + 1);
-  if (argc > 1 && std::strcmp(argv[1], "update-apply") == 0) return runUpdateApply(argc - 1, argv + 1);
+  for (const char* helper : {"update-apply", "boot-watch"})
+    if (argc > 1 && std::strcmp(argv[1], helper) == 0) return runHelper(helper, argc - 1, argv + 1);
   std::string configPath = "/etc/outrider/agent.toml";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -66,7 +74,7 @@ int runMain(int argc, char** argv) {
     } else if (a.rfind("--config=", 0) == 0) {
       configPath = a.substr(9);
     } else {
-      std::fprintf(stderr, "usage: outrider-agent [--config FILE] [--version]\n       outrider-agent provision --from DIR [--config FILE] [--pubkey FILE]\n       outrider-agent update-apply [--config FILE]\n");
+      std::fprintf(stderr, "usage: outrider-agent [--config FILE] [--version]\n       outrider-agent provision --from DIR [--config FILE] [--pubkey FILE]\n       outrider-agent update-apply [--config FILE]\n       outrider-agent boot-watch [--config FILE]\n");
       return 2;
     }
   }

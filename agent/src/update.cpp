@@ -66,60 +66,6 @@ v1::UpdateResult result(const crypto::Sha256& digest, std::uint64_t size, std::u
   return r;
 }
 
-// key=value lines; newlines and backslashes in values escaped.
-std::string escape(std::string_view v) {
-  std::string o;
-  for (char c : v) {
-    if (c == '\\') o += "\\\\";
-    else if (c == '\n') o += "\\n";
-    else o += c;
-  }
-  return o;
-}
-std::string unescape(std::string_view v) {
-  std::string o;
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (v[i] == '\\' && i + 1 < v.size()) {
-      ++i;
-      o += v[i] == 'n' ? '\n' : v[i];
-    } else {
-      o += v[i];
-    }
-  }
-  return o;
-}
-Result<std::map<std::string, std::string>> parseLines(std::string_view text) {
-  std::map<std::string, std::string> kv;
-  std::size_t line = 0;
-  while (!text.empty()) {
-    ++line;
-    auto nl = text.find('\n');
-    auto l = text.substr(0, nl);
-    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
-    if (l.empty()) continue;
-    auto eq = l.find('=');
-    if (eq == std::string_view::npos || eq == 0) return Error{fmt::format("line {}: expected key=value", line)};
-    kv[std::string(l.substr(0, eq))] = unescape(l.substr(eq + 1));
-  }
-  if (kv["format"] != "1") return Error{"unknown format (expected format=1)"};
-  return kv;
-}
-Result<std::int64_t> toInt(const std::map<std::string, std::string>& kv, const char* key) {
-  auto it = kv.find(key);
-  if (it == kv.end() || it->second.empty()) return std::int64_t{0};
-  try {
-    std::size_t pos = 0;
-    auto v = std::stoll(it->second, &pos);
-    if (pos != it->second.size()) throw std::invalid_argument("trailing");
-    return static_cast<std::int64_t>(v);
-  } catch (const std::exception&) {
-    return Error{fmt::format("{}: not a number: {}", key, it->second)};
-  }
-}
-std::string get(const std::map<std::string, std::string>& kv, const char* key) {
-  auto it = kv.find(key);
-  return it == kv.end() ? std::string() : it->second;
-}
 
 Result<hooks::detail::SpawnResult> runTool(std::vector<std::string> argv, std::chrono::milliseconds timeout,
                                            const fs::path& cwd = {}) {
@@ -288,6 +234,73 @@ void PackageStore::prune(const std::optional<crypto::Sha256>& keep) {
 
 // ---------------------------------------------------------------- state files
 
+namespace record {
+
+// key=value lines; newlines and backslashes in values escaped.
+std::string escape(std::string_view v) {
+  std::string o;
+  for (char c : v) {
+    if (c == '\\') o += "\\\\";
+    else if (c == '\n') o += "\\n";
+    else o += c;
+  }
+  return o;
+}
+namespace {
+std::string unescape(std::string_view v) {
+  std::string o;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '\\' && i + 1 < v.size()) {
+      ++i;
+      o += v[i] == 'n' ? '\n' : v[i];
+    } else {
+      o += v[i];
+    }
+  }
+  return o;
+}
+}  // namespace
+
+Result<std::map<std::string, std::string>> parseLines(std::string_view text) {
+  std::map<std::string, std::string> kv;
+  std::size_t line = 0;
+  while (!text.empty()) {
+    ++line;
+    auto nl = text.find('\n');
+    auto l = text.substr(0, nl);
+    text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+    if (l.empty()) continue;
+    auto eq = l.find('=');
+    if (eq == std::string_view::npos || eq == 0) return Error{fmt::format("line {}: expected key=value", line)};
+    kv[std::string(l.substr(0, eq))] = unescape(l.substr(eq + 1));
+  }
+  if (kv["format"] != "1") return Error{"unknown format (expected format=1)"};
+  return kv;
+}
+Result<std::int64_t> toInt(const std::map<std::string, std::string>& kv, const char* key) {
+  auto it = kv.find(key);
+  if (it == kv.end() || it->second.empty()) return std::int64_t{0};
+  try {
+    std::size_t pos = 0;
+    auto v = std::stoll(it->second, &pos);
+    if (pos != it->second.size()) throw std::invalid_argument("trailing");
+    return static_cast<std::int64_t>(v);
+  } catch (const std::exception&) {
+    return Error{fmt::format("{}: not a number: {}", key, it->second)};
+  }
+}
+std::string get(const std::map<std::string, std::string>& kv, const char* key) {
+  auto it = kv.find(key);
+  return it == kv.end() ? std::string() : it->second;
+}
+
+}  // namespace record
+
+using record::escape;
+using record::get;
+using record::parseLines;
+using record::toInt;
+
 std::string_view phaseName(Phase p) {
   switch (p) {
     case Phase::requested: return "requested";
@@ -404,7 +417,8 @@ std::vector<std::string> healthProblems(const HealthInputs& in) {
     std::string now = it == in.daemons.end() ? "UNREACHABLE" : it->second;
     if (now == "HEALTHY") continue;
     if (before != "HEALTHY" && now == "DEGRADED") continue;  // no worse than before the update
-    out.push_back(fmt::format("{} {} (was {} before the update)", name, now, before));
+    out.push_back(in.sinceUpdate ? fmt::format("{} {} (was {} before the update)", name, now, before)
+                                 : fmt::format("{} {}", name, now));
   }
   if (!in.guestsKnown && !in.guestsWanted.empty()) {
     out.push_back("guests: vmm cannot list them");

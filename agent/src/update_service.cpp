@@ -238,17 +238,17 @@ void UpdateService::tick() {
   arm();
 }
 
-void UpdateService::checkHealth(const update::UpdateState& s) {
-  busy_ = true;
-  std::weak_ptr<int> life = alive_;
-  host_.guests([this, life, s](Result<std::map<std::string, std::string>> guests) {
-    if (life.expired() || stopped_) return;
-    busy_ = false;
+void checkNodeHealth(const UpdateHost& host, std::weak_ptr<int> life, std::map<std::string, std::string> baseline,
+                     bool sinceUpdate, std::function<void(std::vector<std::string>)> done) {
+  host.guests([&host, life, sinceUpdate, baseline = std::move(baseline), done = std::move(done)](
+                  Result<std::map<std::string, std::string>> guests) mutable {
+    if (life.expired()) return;
     update::HealthInputs in;
-    in.hubConnected = host_.hubConnected();
-    for (const auto& h : host_.daemons()) in.daemons[h.name()] = v1::DaemonHealth::State_Name(h.state());
-    in.baseline = s.baseline;
-    if (auto m = host_.manifest()) {
+    in.hubConnected = host.hubConnected();
+    for (const auto& h : host.daemons()) in.daemons[h.name()] = v1::DaemonHealth::State_Name(h.state());
+    in.baseline = std::move(baseline);
+    in.sinceUpdate = sinceUpdate;
+    if (auto m = host.manifest()) {
       for (const auto& vm : m->vms())
         if (!vm.stopped()) in.guestsWanted.push_back("vm " + vm.name());
       for (const auto& c : m->containers())
@@ -256,7 +256,16 @@ void UpdateService::checkHealth(const update::UpdateState& s) {
     }
     in.guestsKnown = guests.ok();
     if (guests) in.guestsActual = std::move(*guests);
-    auto problems = update::healthProblems(in);
+    done(update::healthProblems(in));
+  });
+}
+
+void UpdateService::checkHealth(const update::UpdateState& s) {
+  busy_ = true;
+  std::weak_ptr<int> life = alive_;
+  checkNodeHealth(host_, life, s.baseline, true, [this, s](std::vector<std::string> problems) {
+    if (stopped_) return;
+    busy_ = false;
     const auto now = nowMs();
     update::Verdict v;
     v.commandId = s.commandId;

@@ -1,7 +1,10 @@
 // `outriderctl hook run` end to end: the real outriderctl -> a real Mosquitto (mutual TLS + ACL) -> the
 // real outrider-agent, which runs the hooks in a temporary hooks directory, replies with each result
-// and publishes one hook.result NodeEvent per hook.
+// and publishes one hook.result NodeEvent per hook. And a trial boot: the real boot watcher over a real
+// GRUB environment block (grub-editenv) waits for the real agent's health verdict.
 #include <doctest/doctest.h>
+
+#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
@@ -27,14 +30,21 @@ void writeHook(const fs::path& dir, const std::string& name, const std::string& 
   fs::permissions(dir / name, static_cast<fs::perms>(0755));
 }
 
-std::vector<v1::NodeEvent> hookEvents(const MqttClient& hub) {
+std::vector<v1::NodeEvent> eventsOf(const MqttClient& hub, std::string_view kindPrefix) {
   std::vector<v1::NodeEvent> out;
   for (const auto& m : hub.received()) {
     if (m.topic != topics::events("n1")) continue;
     v1::NodeEvent ev;
-    if (ev.ParseFromString(m.payload) && ev.kind() == "hook.result") out.push_back(ev);
+    if (ev.ParseFromString(m.payload) && ev.kind().starts_with(kindPrefix)) out.push_back(ev);
   }
   return out;
+}
+
+std::vector<v1::NodeEvent> hookEvents(const MqttClient& hub) { return eventsOf(hub, "hook.result"); }
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 }  // namespace
@@ -106,4 +116,82 @@ TEST_CASE("hook run through the hub: per-hook results in the reply, pre-* abort,
   CHECK(evs[2].subject() == "pre-update/20-fail");
   CHECK(evs[2].detail().rfind("exit 3 in ", 0) == 0);
   CHECK(evs[2].detail().find("no space left") != std::string::npos);
+}
+
+namespace {
+
+// A GRUB environment block in the middle of a trial boot of slot b (the boot loader counted 1 of 3).
+fs::path trialGrubenv(const TempDir& dir) {
+  auto env = dir / "grubenv";
+  REQUIRE(run({"grub-editenv", env.string(), "create"}, dir / "grub.log") == 0);
+  REQUIRE(run({"grub-editenv", env.string(), "set", "saved_entry=keep-me", "outrider_slot=b", "outrider_prev_slot=a",
+               "upgrade_available=1", "boot_count=1", "boot_limit=3"},
+              dir / "grub.log") == 0);
+  return env;
+}
+
+std::string grubList(const fs::path& env) {
+  auto log = env.parent_path() / "list.out";
+  fs::remove(log);
+  REQUIRE(run({"grub-editenv", env.string(), "list"}, log) == 0);
+  return slurp(log);
+}
+
+}  // namespace
+
+TEST_CASE("a trial boot: the boot watcher commits the GRUB slot on the agent's healthy verdict, and the hub hears it") {
+  TempDir dir("boot-ok");
+  auto env = trialGrubenv(dir);
+  writeHook(dir / "hooks" / "boot-ok.d", "10-record", "echo \"$OUTRIDER_EVENT slot $OUTRIDER_SLOT\" > " + (dir / "ran").string());
+  NodeFixture n(NodeFixtureOptions{.telemetryExtra = "[hooks]\ndir = \"" + (dir / "hooks").string() +
+                                                     "\"\n[boot]\nbackend = \"grub\"\ngrubenv = \"" + env.string() +
+                                                     "\"\nhealth_deadline_s = 60\n"});
+  MqttClient hub{g_mosquitto, MqttClientOptions{.caFile = n.ca.caFile(), .cert = n.hubCert()}};
+  REQUIRE(hub.connect("127.0.0.1", n.broker.port()));
+  REQUIRE(hub.subscribe(topics::events("n1")));
+  n.startAll();
+  Process watch({binary("outrider-agent").string(), "boot-watch", "--config", (n / "agent.toml").string()},
+                dir / "watch.log");
+  auto st = watch.wait(90s);
+  REQUIRE_MESSAGE(st.has_value(), slurp(dir / "watch.log"), n.diagnostics());
+  CHECK_MESSAGE((WIFEXITED(*st) && WEXITSTATUS(*st) == 0), slurp(dir / "watch.log"), n.diagnostics());
+  CHECK(slurp(dir / "watch.log").find("trial boot of slot b") != std::string::npos);
+
+  auto list = grubList(env);
+  CHECK(list.find("outrider_slot=b") != std::string::npos);
+  CHECK(list.find("upgrade_available=0") != std::string::npos);
+  CHECK(list.find("boot_count=0") != std::string::npos);
+  CHECK(list.find("saved_entry=keep-me") != std::string::npos);  // the rest of the block is left alone
+  CHECK(slurp(dir / "ran") == "boot-ok slot b\n");
+  REQUIRE_MESSAGE(waitFor([&] { return !eventsOf(hub, "boot.").empty(); }, 15s), n.diagnostics());
+  auto ev = eventsOf(hub, "boot.").front();
+  CHECK(ev.kind() == "boot.committed");
+  CHECK(ev.subject() == "slot b");
+  CHECK(ev.detail().find("slot b committed: healthy") != std::string::npos);
+  CHECK(ev.detail().find("boot-ok: 1 ran, ok") != std::string::npos);
+}
+
+TEST_CASE("a trial boot whose netd never answers stays uncommitted, and the hub hears why") {
+  TempDir dir("boot-bad");
+  auto env = trialGrubenv(dir);
+  NodeFixture n(NodeFixtureOptions{.telemetryExtra = "[boot]\nbackend = \"grub\"\ngrubenv = \"" + env.string() +
+                                                     "\"\nhealth_deadline_s = 10\n"});
+  MqttClient hub{g_mosquitto, MqttClientOptions{.caFile = n.ca.caFile(), .cert = n.hubCert()}};
+  REQUIRE(hub.connect("127.0.0.1", n.broker.port()));
+  REQUIRE(hub.subscribe(topics::events("n1")));
+  n.startVmm();
+  n.startAgent();  // and no netd
+  Process watch({binary("outrider-agent").string(), "boot-watch", "--config", (n / "agent.toml").string()},
+                dir / "watch.log");
+  auto st = watch.wait(90s);
+  REQUIRE_MESSAGE(st.has_value(), slurp(dir / "watch.log"), n.diagnostics());
+  CHECK_MESSAGE((WIFEXITED(*st) && WEXITSTATUS(*st) == 1), slurp(dir / "watch.log"), n.diagnostics());
+  auto list = grubList(env);
+  CHECK(list.find("upgrade_available=1") != std::string::npos);  // the boot loader's counter decides next boot
+  CHECK(list.find("boot_count=1") != std::string::npos);
+  REQUIRE_MESSAGE(waitFor([&] { return !eventsOf(hub, "boot.").empty(); }, 15s), n.diagnostics());
+  auto ev = eventsOf(hub, "boot.").front();
+  CHECK(ev.kind() == "boot.unhealthy");
+  CHECK_MESSAGE(ev.detail().find("netd UNREACHABLE") != std::string::npos, ev.detail());
+  CHECK(ev.detail().find("the boot counter decides at the next boot") != std::string::npos);
 }

@@ -31,6 +31,7 @@ TEST_CASE("amd64 packages: lintian-clean, complete, conffiles declared") {
         "./lib/systemd/system/outrider-vmm.service", "./lib/systemd/system/outrider-netd.service",
         "./lib/systemd/system/outrider.target", "./lib/systemd/system/outrider-provision@.service",
         "./lib/systemd/system/outrider-update.path", "./lib/systemd/system/outrider-update.service",
+        "./lib/systemd/system/outrider-boot.service",
         "./lib/udev/rules.d/60-outrider-provision.rules", "./usr/lib/tmpfiles.d/outrider.conf",
         "./etc/outrider/agent.toml", "./etc/outrider/vmm.toml", "./etc/outrider/netd.toml",
         "./usr/share/man/man8/outrider-agent.8.gz", "./usr/share/man/man8/outrider-vmm.8.gz",

@@ -183,7 +183,7 @@ TEST_CASE("install, run the units' commands, upgrade keeping conffiles and state
     // systemd accepts every installed unit (ExecStart binaries and man pages now exist).
     for (const char* u : {"outrider-agent.service", "outrider-vmm.service", "outrider-netd.service",
                           "outrider.target", "outrider-provision@sdz1.service", "outrider-update.path",
-                          "outrider-update.service"}) {
+                          "outrider-update.service", "outrider-boot.service"}) {
       fs::path file = fs::path("/lib/systemd/system") / (std::string(u).find('@') != std::string::npos
                                                              ? std::string("outrider-provision@.service")
                                                              : std::string(u));

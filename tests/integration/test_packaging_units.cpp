@@ -129,3 +129,16 @@ TEST_CASE("an update request in the agent's update directory starts the root upd
   CHECK(rules.str().find("dh_installsystemd -Xoutrider-update.service") != std::string::npos);
   CHECK(rules.str().find("--no-start --no-stop-on-upgrade outrider-update.service") != std::string::npos);
 }
+
+TEST_CASE("the boot watcher runs once per boot as root, and package upgrades leave it alone") {
+  auto s = readUnit(unitDir() / "outrider-boot.service");
+  CHECK(one(s, "User").empty());  // root: it writes the boot loader's environment
+  CHECK(one(s, "ExecStart") == "/usr/sbin/outrider-agent boot-watch --config /etc/outrider/agent.toml");
+  CHECK(one(s, "WantedBy") == "multi-user.target");
+  CHECK(one(s, "ProtectSystem").empty());  // /boot/grub/grubenv must stay writable
+  std::ifstream in(fs::path(OUTRIDER_SOURCE_DIR) / "packaging/debian/rules");
+  std::stringstream rules;
+  rules << in.rdbuf();
+  CHECK(rules.str().find("-Xoutrider-boot.service") != std::string::npos);
+  CHECK(rules.str().find("--no-stop-on-upgrade outrider-update.service outrider-boot.service") != std::string::npos);
+}

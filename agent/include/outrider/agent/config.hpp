@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "outrider/agent/boot.hpp"
 #include "outrider/agent/mqtt.hpp"
 #include "outrider/agent/processor.hpp"
 #include "outrider/agent/telemetry_service.hpp"
@@ -46,6 +47,8 @@ struct AgentConfig {
   std::chrono::milliseconds hookTimeout{60'000};
   /// [update]: the package update (docs/updates.md); dir defaults to state_dir/update.
   update::UpdateConfig update;
+  /// [boot]: A/B boot slots (docs/hooks.md); off unless a backend is set. dir is state_dir/boot.
+  boot::BootConfig boot;
   /// The file this configuration came from (the spawned updater reads it again).
   std::filesystem::path configFile;
 

@@ -120,6 +120,17 @@ struct Verdict {
   static Result<Verdict> decode(std::string_view text);
 };
 
+/// The state files' format: "format=1", then key=value lines; newlines and backslashes in values escaped.
+namespace record {
+std::string escape(std::string_view v);
+/// The lines as a map; an Error for a line without '=' or a format other than 1.
+Result<std::map<std::string, std::string>> parseLines(std::string_view text);
+/// A decimal value; absent or empty = 0.
+Result<std::int64_t> toInt(const std::map<std::string, std::string>& kv, const char* key);
+/// A value; absent = "".
+std::string get(const std::map<std::string, std::string>& kv, const char* key);
+}  // namespace record
+
 inline fs::path requestFile(const fs::path& dir) { return dir / "request"; }
 inline fs::path stateFile(const fs::path& dir) { return dir / "state"; }
 inline fs::path verdictFile(const fs::path& dir) { return dir / "verdict"; }
@@ -141,6 +152,7 @@ struct HealthInputs {
   std::vector<std::string> guestsWanted;           // "vm web", "container cache": the manifest's running guests
   std::map<std::string, std::string> guestsActual; // "vm web" -> "running"; absent when not there
   bool guestsKnown = true;                         // the lists could be read from vmm
+  bool sinceUpdate = true;                         // name the baseline as "before the update" in problems
 };
 /// Everything that is not healthy yet, one phrase each; empty = healthy.
 std::vector<std::string> healthProblems(const HealthInputs& in);

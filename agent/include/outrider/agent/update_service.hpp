@@ -38,6 +38,13 @@ struct UpdateHost {
   std::string arch;  // dpkg architecture of this node
 };
 
+/// An update's health rules (update::healthProblems) applied to the node now; `done(problems)` runs on the
+/// loop, empty when healthy; nothing runs once `life` (the caller's, which owns `host`) has expired.
+/// sinceUpdate: problems name the baseline as the state before an update.
+void checkNodeHealth(const UpdateHost& host, std::weak_ptr<int> life, std::map<std::string, std::string> baseline,
+                     bool sinceUpdate,
+                     std::function<void(std::vector<std::string>)> done);
+
 class UpdateService {
  public:
   UpdateService(boost::asio::io_context& io, update::UpdateConfig cfg, UpdateHost host,
