@@ -8,8 +8,10 @@
 #   pki_issue_client DIR CN         DIR/CN.crt|key, CN = broker username
 #   free_port                       a TCP port nobody listens on (loopback)
 #   wait_port PORT [SECONDS]        wait until 127.0.0.1:PORT accepts connections (default 10 s)
-#   broker_write_config DIR PKI TLS_PORT PLAIN_PORT NODE...
-#                                   DIR/mosquitto.conf and DIR/acl; PLAIN_PORT 0 = no plain listener
+#   broker_write_config DIR PKI TLS_PORT PLAIN_PORT ENROLL_PORT NODE...
+#                                   DIR/mosquitto.conf and DIR/acl; PLAIN_PORT 0 = no plain listener;
+#                                   ENROLL_PORT 0 = no enrollment listener (TLS with server auth only,
+#                                   for nodes that have no certificate yet: docs/provisioning.md)
 #   broker_start DIR                start mosquitto with DIR/mosquitto.conf; PID in DIR/mosquitto.pid and
 #                                   BROKER_PID; returns once the TLS port listens
 #   broker_stop DIR                 stop exactly the PID in DIR/mosquitto.pid
@@ -116,8 +118,8 @@ _mosquitto_can_read() {
 }
 
 broker_write_config() {
-  local dir=$1 pki=$2 tls_port=$3 plain_port=$4
-  shift 4
+  local dir=$1 pki=$2 tls_port=$3 plain_port=$4 enroll_port=$5
+  shift 5
   mkdir -p "$dir"
   chmod 0755 "$dir"
   {
@@ -163,7 +165,23 @@ broker_write_config() {
       echo "listener $plain_port 127.0.0.1"
       echo "allow_anonymous true"
     fi
+    if [[ $enroll_port != 0 ]]; then
+      # A node without a certificate yet: its client id is its node id, and it may only ask for itself
+      # and read its own answer. Only the hub user (the mutual TLS listener) reads requests.
+      echo
+      echo "listener $enroll_port 127.0.0.1"
+      echo "cafile $pki/ca.crt"
+      echo "certfile $pki/server.crt"
+      echo "keyfile $pki/server.key"
+      echo "require_certificate false"
+      echo "allow_anonymous true"
+      echo "acl_file $dir/enroll.acl"
+    fi
   } >"$dir/mosquitto.conf"
+  if [[ $enroll_port != 0 ]]; then
+    printf 'pattern write outrider/v1/enroll/%%c/req\npattern read outrider/v1/enroll/%%c/resp\n' >"$dir/enroll.acl"
+    chmod 0644 "$dir/enroll.acl"
+  fi
   chmod 0644 "$dir/mosquitto.conf"
 }
 
