@@ -248,7 +248,7 @@ class Watcher {
       } else {
         out.kind = t.rolledBack ? "rolled-back" : "committed";
         out.message = t.rolledBack ? t.message + fmt::format("; slot {} is healthy and stays", t.slot)
-                                   : fmt::format("slot {} committed: healthy {:.1f} s into the boot", t.slot,
+                                   : fmt::format("slot {} committed: healthy {:.1f} s after the check began", t.slot,
                                                  verdict->healthMs / 1000.0);
         out.hooks = join(out.hooks, runHooks("boot-ok", env));
         rc = 0;

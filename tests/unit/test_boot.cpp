@@ -311,7 +311,7 @@ TEST_CASE("the agent waits for health until the deadline, then says what failed"
 TEST_CASE("the watcher's outcome reaches the hub once, when the hub is reachable; without a backend nothing runs") {
   FakeAgent a;
   fs::create_directories(a.dir / "boot");
-  boot::Outcome o{"boot-7", "committed", "b", "slot b committed: healthy 1.2 s into the boot", "boot-ok: 1 ran, ok"};
+  boot::Outcome o{"boot-7", "committed", "b", "slot b committed: healthy 1.2 s after the check began", "boot-ok: 1 ran, ok"};
   REQUIRE(update::writeState(boot::lastFile(a.dir / "boot"), o.encode()));
   a.hub = false;
   BootCheck check(a.io, a.cfg(), a.host(), a.event());
@@ -322,7 +322,7 @@ TEST_CASE("the watcher's outcome reaches the hub once, when the hub is reachable
   a.hub = true;
   a.runFor(100ms);
   REQUIRE(a.events.size() == 1);
-  CHECK(a.events[0] == "boot.committed | slot b | slot b committed: healthy 1.2 s into the boot; boot-ok: 1 ran, ok");
+  CHECK(a.events[0] == "boot.committed | slot b | slot b committed: healthy 1.2 s after the check began; boot-ok: 1 ran, ok");
   a.runFor(100ms);
   CHECK(a.events.size() == 1);
   check.stop();
