@@ -104,7 +104,8 @@ int benchUpdate() {
   o.binDir = "/usr/sbin";
   o.supervisor = tools / "supervise";
   o.libvirtUri = "test:///default";
-  o.telemetryExtra = "[update]\nlauncher = \"spawn\"\nhealth_deadline_s = 120\nrestart_command = [\"" +
+  o.telemetryExtra = "[update]\nlauncher = \"spawn\"\nhealth_deadline_s = 120\nroot_dir = \"" +
+                     (tools / "updater").string() + "\"\nrestart_command = [\"" +
                      (tools / "restart").string() + "\"]\n";
   NodeFixture n(o);
   writeExecutable(tools / "restart", "for f in " + (n / "agent.pid").string() + " " + (n / "netd.pid").string() + " " +

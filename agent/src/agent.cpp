@@ -307,7 +307,8 @@ struct Agent::Impl {
         [this] { return status(true); },
         [this](const std::string& id, const Command& cmd, CommandProcessor::DoneFn done) {
           if (const auto* h = std::get_if<HookCommand>(&cmd)) return runHooks(*h, std::move(done));
-          if (const auto* u = std::get_if<UpdateCommand>(&cmd)) return updates->run(id, u->op, std::move(done));
+          if (const auto* u = std::get_if<UpdateCommand>(&cmd))
+            return updates->run(id, u->op, std::move(done), u->signedCommand);
           workloads->run(cmd, std::move(done));
         });
     hookRunner = std::make_unique<hooks::HookRunner>(

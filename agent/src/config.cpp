@@ -75,6 +75,10 @@ AgentConfig fromReader(ConfigReader& r, bool identity) {
   c.update.launcher = r.str("update.launcher", c.update.launcher);
   if (c.update.launcher != "systemd" && c.update.launcher != "spawn")
     r.fail("update.launcher", "must be \"systemd\" (outrider-update.path) or \"spawn\"");
+  c.update.rootDir = r.str("update.root_dir", c.update.rootDir.string());
+  if (!c.update.rootDir.is_absolute()) r.fail("update.root_dir", "must be an absolute path");
+  c.update.provisioningKey = r.str("update.provisioning_key", c.update.provisioningKey.string());
+  if (!c.update.provisioningKey.is_absolute()) r.fail("update.provisioning_key", "must be an absolute path");
   c.update.restartCommand = r.strList("update.restart_command", {});
   if (!c.update.restartCommand.empty() && c.update.restartCommand.front().find('/') != 0)
     r.fail("update.restart_command", "the program must be an absolute path");

@@ -54,8 +54,19 @@ int runHelper(const char* name, int argc, char** argv) {
   if (std::strcmp(name, "boot-watch") == 0)
     return boot::runBootWatch(boot::WatchOptions{
         .cfg = cfg->boot, .hooksDir = cfg->hooksDir, .hookTimeout = cfg->hookTimeout, .node = cfg->nodeId});
-  return update::runUpdater(update::UpdaterOptions{
-      .cfg = cfg->update, .hooksDir = cfg->hooksDir, .hookTimeout = cfg->hookTimeout, .node = cfg->nodeId});
+  auto trusted = update::updaterKeys(configPath, cfg->stateDir / "identity" / "bundle.bin", cfg->update.provisioningKey,
+                                     cfg->nodeId);
+  if (!trusted) {
+    LOG_ERR("update: {}", trusted.error().message);
+    return 2;
+  }
+  return update::runUpdater(update::UpdaterOptions{.cfg = cfg->update,
+                                                   .hooksDir = cfg->hooksDir,
+                                                   .hookTimeout = cfg->hookTimeout,
+                                                   .node = cfg->nodeId,
+                                                   .trusted = std::move(*trusted),
+                                                   .clockSkewMs = cfg->limits.clockSkewMs,
+                                                   .maxValidityMs = cfg->limits.maxValidityMs});
 }
 }  // namespace
 

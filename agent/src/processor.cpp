@@ -199,11 +199,13 @@ void CommandProcessor::handle(std::string_view payload) {
     publish(std::move(r));
     return;
   }
-  start(std::move(v));
+  start(std::move(v), payload);
 }
 
-void CommandProcessor::start(Verdict v) {
+void CommandProcessor::start(Verdict v, std::string_view payload) {
   Command cmd = toCommand(v.body);
+  if (auto* u = std::get_if<UpdateCommand>(&cmd); u && u->op.op() == outrider::v1::UpdateCommand::INSTALL)
+    u->signedCommand = std::string(payload);
   auto durability = changesNode(cmd) ? Durability::Sync : Durability::Buffered;
   if (auto s = journal_.recordAccepted(v.commandId, v.bodyDigest, v.body.expires_at_ms(), durability); !s) {
     // Without a journal record there is no replay protection: refuse rather than run unprotected.

@@ -187,8 +187,8 @@ class TempCa {
   fs::path dir_;
 };
 
-Status writeState(const NodeSettings& s, const VerifiedBundle& vb, const NodeKey& key, const std::string& certPem,
-                  const std::string& provisioned, Rollback& rb) {
+Status writeState(const NodeSettings& s, const VerifiedBundle& vb, std::string_view bundleFile, const NodeKey& key,
+                  const std::string& certPem, const std::string& provisioned, Rollback& rb) {
   const fs::path identity = s.stateDir / "identity";
   std::error_code ec;
   if (!fs::exists(s.stateDir, ec)) {
@@ -207,6 +207,9 @@ Status writeState(const NodeSettings& s, const VerifiedBundle& vb, const NodeKey
   if (auto st = put(identity / "node.key", key.keyPem, 0600); !st) return st;
   if (auto st = put(identity / "node.crt", certPem, 0644); !st) return st;
   if (auto st = put(identity / "ca.crt", vb.bundle.ca_pem(), 0644); !st) return st;
+  // The signed bundle itself: the root updater takes the operator keys from it only after checking its
+  // signature, since everything in the state directory is the agent's to change.
+  if (auto st = put(identity / "bundle.bin", bundleFile, 0644); !st) return st;
   if (vb.bundle.has_manifest())
     if (auto st = put(s.stateDir / "manifest.pb", encodeManifestFile(vb.bundle.manifest()), 0640); !st) return st;
   // Last: the agent switches on when this file appears.
@@ -365,7 +368,7 @@ int provisionNode(const Options& o) {
   }
 
   Rollback rb;
-  if (auto st = writeState(s, *vb, *key, *cert, provisioned, rb); !st) {
+  if (auto st = writeState(s, *vb, *file, *key, *cert, provisioned, rb); !st) {
     LOG_ERR("provisioning failed while writing the node's state: {}; what this run wrote is removed again",
             st.error().message);
     return 1;

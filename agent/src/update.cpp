@@ -5,14 +5,20 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
 
+#include "outrider/agent/provision_bundle.hpp"
+#include "outrider/agent/verifier.hpp"
 #include "outrider/common/atomic_file.hpp"
+#include "outrider/common/config.hpp"
 #include "outrider/common/clock.hpp"
 #include "outrider/common/openssl.hpp"
 #include "outrider/common/log.hpp"
@@ -337,6 +343,7 @@ std::string UpdateState::encode() const {
   add("deadline_at_ms", std::to_string(deadlineAtMs));
   add("health_deadline_s", std::to_string(healthDeadlineS));
   for (const auto& [d, h] : baseline) add(("baseline." + d).c_str(), h);
+  if (!signedCommand.empty()) add("signed_command", crypto::base64(signedCommand));
   return o;
 }
 
@@ -364,6 +371,11 @@ Result<UpdateState> UpdateState::decode(std::string_view text) {
   s.healthDeadlineS = static_cast<std::uint32_t>(std::clamp<std::int64_t>(*d, 0, 86400));
   for (const auto& [k, v] : *kv)
     if (k.rfind("baseline.", 0) == 0) s.baseline[k.substr(9)] = v;
+  if (auto sc = get(*kv, "signed_command"); !sc.empty()) {
+    auto raw = crypto::unbase64(sc);
+    if (!raw) return Error{"signed_command: not base64"};
+    s.signedCommand.assign(raw->begin(), raw->end());
+  }
   if (s.commandId.empty() || s.sha256.size() != 64) return Error{"command or sha256 missing"};
   return s;
 }
@@ -430,6 +442,99 @@ std::vector<std::string> healthProblems(const HealthInputs& in) {
     }
   }
   return out;
+}
+
+// ---------------------------------------------------------------- who may order an install
+
+namespace {
+
+// Owned by root and writable by root alone: what the unprivileged agent cannot have changed.
+bool rootsAlone(const fs::path& p, std::string& why) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) {
+    why = p.string() + ": " + std::strerror(errno);
+    return false;
+  }
+  if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+    why = fmt::format("{} is not root's alone (owner uid {}, mode {:o})", p.string(), st.st_uid, st.st_mode & 07777);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<std::map<std::string, crypto::VerifyKey>> updaterKeys(const fs::path& configFile, const fs::path& bundleFile,
+                                                              const fs::path& provisioningKey, const std::string& nodeId) {
+  std::map<std::string, crypto::VerifyKey> out;
+  std::string why;
+  if (rootsAlone(configFile, why)) {
+    try {
+      auto r = ConfigReader::load(configFile);
+      for (const auto& spec : r.strList("commands.operator_keys", {})) {
+        auto k = crypto::VerifyKey::parse(spec);
+        if (!k) return Error{fmt::format("{}: operator key {}: {}", configFile.string(), spec, k.error().message)};
+        out.emplace(k->id(), *k);
+      }
+    } catch (const ConfigError& e) {
+      return Error{e.what()};
+    }
+  } else {
+    LOG_WARN("update: {}; its operator keys do not count for the updater", why);
+  }
+  auto bundle = readFile(bundleFile, provision::kMaxBundleBytes + 1);
+  if (!bundle) {
+    if (bundle.error().code != ENOENT) LOG_WARN("update: {}", bundle.error().message);
+    return out;
+  }
+  if (!rootsAlone(provisioningKey, why)) {
+    LOG_WARN("update: {}; the provisioning bundle's operator keys do not count", why);
+    return out;
+  }
+  auto prov = crypto::VerifyKey::parse(provisioningKey.string());
+  if (!prov) {
+    LOG_WARN("update: provisioning key {}: {}", provisioningKey.string(), prov.error().message);
+    return out;
+  }
+  auto vb = provision::verifyBundle(*bundle, *prov);
+  if (!vb) {
+    LOG_WARN("update: {}: {}; its operator keys do not count", bundleFile.string(), vb.error().message);
+    return out;
+  }
+  if (vb->bundle.node_id() != nodeId) {
+    LOG_WARN("update: {} is for node '{}', not '{}'; its operator keys do not count", bundleFile.string(),
+             vb->bundle.node_id(), nodeId);
+    return out;
+  }
+  for (const auto& spec : vb->bundle.operator_keys())
+    if (auto k = crypto::VerifyKey::parse(spec)) out.emplace(k->id(), *k);
+  return out;
+}
+
+Status authorizeRequest(const UpdateState& request, const std::string& nodeId,
+                        const std::map<std::string, crypto::VerifyKey>& trusted, std::int64_t nowMs,
+                        std::int64_t clockSkewMs, std::int64_t maxValidityMs) {
+  if (request.signedCommand.empty()) return Error{"the request carries no operator-signed install command"};
+  if (trusted.empty()) return Error{"the updater trusts no operator key (none in the root-owned configuration or a "
+                                    "verified provisioning bundle)"};
+  struct At final : Clock {
+    std::int64_t ms;
+    std::int64_t nowMs() const override { return ms; }
+  } at;
+  at.ms = nowMs;
+  CommandVerifier verifier(nodeId, trusted,
+                           VerifierLimits{.clockSkewMs = clockSkewMs, .maxValidityMs = maxValidityMs}, at);
+  auto v = verifier.verify(request.signedCommand);
+  if (v.accepted()) v = verifier.checkTime(std::move(v));
+  if (!v.accepted()) return Error{"the install command does not check: " + v.message};
+  if (v.commandId != request.commandId)
+    return Error{fmt::format("the signed command is {}, the request names {}", v.commandId, request.commandId)};
+  if (!v.body.has_update() || v.body.update().op() != v1::UpdateCommand::INSTALL)
+    return Error{"the signed command is not an update install"};
+  const auto& sha = v.body.update().sha256();
+  if (crypto::hex(std::string_view(sha)) != request.sha256)
+    return Error{"the signed command installs another package than the request names"};
+  return {};
 }
 
 // ---------------------------------------------------------------- package tools
@@ -506,9 +611,17 @@ class Updater {
       return req ? 0 : 1;
     }
     s_ = **req;
+    fs::remove(requestFile(dir_), ec);
+    // The request comes from the unprivileged agent: only an install the operator signed is carried out,
+    // and only the package the signature names, from a copy the agent cannot touch.
+    if (auto a = authorizeRequest(s_, o_.node, o_.trusted, nowMs(), o_.clockSkewMs, o_.maxValidityMs); !a) {
+      LOG_ERR("update {}: refused: {}", s_.commandId, a.error().message);
+      return fail("the updater refused the request: " + a.error().message + "; nothing was installed");
+    }
+    s_.signedCommand.clear();
+    s_.packagePath = dir_ / (s_.sha256 + ".deb");
     s_.phase = Phase::installing;
     if (!save()) return 1;
-    fs::remove(requestFile(dir_), ec);
     (void)fsyncDir(dir_);
     return install();
   }
@@ -524,13 +637,30 @@ class Updater {
   }
 
   int fail(std::string reason) {
+    std::error_code ec;
+    fs::remove(installCopy(), ec);
     s_.phase = Phase::failed;
     s_.reason = std::move(reason);
     save();
     return 1;
   }
 
-  fs::path rollbackDir() const { return dir_ / "rollback"; }
+  fs::path rootDir() const { return o_.cfg.rootDir; }
+  fs::path rollbackDir() const { return rootDir() / "rollback"; }
+  fs::path installCopy() const { return rootDir() / "install.deb"; }
+
+  // The package as the updater installs it: copied out of the agent's directory into its own first, so
+  // that what was checked is what dpkg gets.
+  Status copyPackage() {
+    if (auto s = makeDirs(rootDir(), 0700); !s) return s;
+    ::chmod(rootDir().c_str(), 0700);
+    std::error_code ec;
+    fs::remove(installCopy(), ec);
+    fs::copy_file(s_.packagePath, installCopy(), ec);
+    if (ec) return Error{"copy " + s_.packagePath.string() + ": " + ec.message()};
+    ::chmod(installCopy().c_str(), 0600);
+    return {};
+  }
 
   Result<fs::path> rollbackPackage() const {
     std::error_code ec;
@@ -557,13 +687,21 @@ class Updater {
   }
 
   int install() {
-    auto digest = hashFile(s_.packagePath);
+    if (auto c = copyPackage(); !c) return fail("the package cannot be read: " + c.error().message);
+    auto digest = hashFile(installCopy());
     if (!digest) return fail("the package cannot be read: " + digest.error().message);
-    if (digestHex(*digest) != s_.sha256) return fail("the package's digest changed since it was received");
-    auto info = inspectPackage(s_.packagePath);
+    if (digestHex(*digest) != s_.sha256) return fail("the package's digest is not the one the operator signed");
+    auto info = inspectPackage(installCopy());
     if (!info) return fail(info.error().message);
     if (info->name != o_.cfg.package)
       return fail(fmt::format("the package is '{}', not '{}'", info->name, o_.cfg.package));
+    // The versions as dpkg tells the updater, not as the request says.
+    auto from = installedVersion(o_.cfg.package);
+    if (!from) return fail("cannot read the installed version: " + from.error().message);
+    if (from->empty()) return fail(o_.cfg.package + " is not installed as a package");
+    if (*from == info->version) return fail(fmt::format("{} {} is already installed", o_.cfg.package, *from));
+    s_.fromVersion = *from;
+    s_.toVersion = info->version;
 
     // The rollback package: the installed version, rebuilt from the files dpkg knows.
     std::error_code ec;
@@ -575,8 +713,9 @@ class Updater {
       return fail("cannot make the rollback package: dpkg-repack: " + lastLines(repack->output));
     if (auto rb = rollbackPackage(); !rb) return fail("cannot make the rollback package: " + rb.error().message);
 
-    if (auto s = dpkgInstall(s_.packagePath); !s)
-      return rollBack("installing " + s_.toVersion + " failed: " + s.error().message);
+    auto s = dpkgInstall(installCopy());
+    fs::remove(installCopy(), ec);
+    if (!s) return rollBack("installing " + s_.toVersion + " failed: " + s.error().message);
     auto now = installedVersion(o_.cfg.package);
     if (!now || *now != s_.toVersion)
       return rollBack(fmt::format("after installing, dpkg reports version '{}', not {}", now ? *now : "?", s_.toVersion));

@@ -66,7 +66,8 @@ void UpdateService::stop() {
   timer_.cancel();
 }
 
-void UpdateService::run(const std::string& id, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done) {
+void UpdateService::run(const std::string& id, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done,
+                        std::string signedCommand) {
   using U = v1::UpdateCommand;
   auto answer = [&](Result<v1::UpdateResult> r, const char* what) {
     if (!r) {
@@ -87,7 +88,7 @@ void UpdateService::run(const std::string& id, const v1::UpdateCommand& cmd, Com
     case U::CHUNK:
       return answer(store_.chunk(toDigest(cmd.sha256()), cmd.offset(), cmd.data()), "chunk");
     case U::INSTALL:
-      return install(id, cmd, std::move(done));
+      return install(id, cmd, std::move(done), std::move(signedCommand));
     case U::STATUS:
       return status(std::move(done));
     default:
@@ -126,7 +127,8 @@ v1::UpdateResult UpdateService::resultOf(const update::UpdateState& s) const {
   return u;
 }
 
-void UpdateService::install(const std::string& id, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done) {
+void UpdateService::install(const std::string& id, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done,
+                            std::string signedCommand) {
   if (active_) return done(failed("an update is in progress (command " + activeId_ + "); try again after it"));
   auto digest = toDigest(cmd.sha256());
   auto deb = store_.package(digest);
@@ -155,6 +157,7 @@ void UpdateService::install(const std::string& id, const v1::UpdateCommand& cmd,
   s.healthDeadlineS = cmd.health_deadline_s() ? cmd.health_deadline_s()
                                               : static_cast<std::uint32_t>(cfg_.healthDeadline.count());
   for (const auto& h : host_.daemons()) s.baseline[h.name()] = v1::DaemonHealth::State_Name(h.state());
+  s.signedCommand = std::move(signedCommand);
 
   active_ = true;  // from here on one update at a time
   activeId_ = id;

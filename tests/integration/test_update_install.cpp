@@ -106,7 +106,8 @@ TEST_CASE("update: refused when the disk is short, a cut transfer resumes and co
   NodeFixture* self = nullptr;
   auto restartScript = tools / "restart";
   o.telemetryExtra = "[hooks]\ndir = \"" + hooks.path().string() + "\"\ntimeout_s = 20\n" +
-                     "[update]\nlauncher = \"spawn\"\nreserve_mb = 0\nhealth_deadline_s = 60\n" +
+                     "[update]\nlauncher = \"spawn\"\nreserve_mb = 0\nhealth_deadline_s = 60\nroot_dir = \"" +
+                     (tools / "updater").string() + "\"\n" +
                      "restart_command = [\"" + restartScript.string() + "\"]\n";
   NodeFixture n(o);
   self = &n;
@@ -187,5 +188,20 @@ TEST_CASE("update: refused when the disk is short, a cut transfer resumes and co
     CHECK(waitFor(online, 30s));
     auto [src, sout] = n.ctl({"--json", "update", "status", "n1"}, 10);
     CHECK(sout.find("\"phase\":\"rolled-back\"") != std::string::npos);
+  }
+  {
+    // A request the operator never signed, as a compromised agent (user outrider) could write one: the root
+    // updater checks the signature itself, refuses, and installs nothing.
+    const std::string sha(64, 'a');
+    std::ofstream(updateDir / "request") << "format=1\ncommand=forged-1\nsha256=" << sha << "\npackage="
+                                         << (updateDir / (sha + ".deb")).string() << "\nfrom=" << v2 << "\nto=9.9\n"
+                                         << "phase=requested\n";
+    int rc = run({"/usr/sbin/outrider-agent", "update-apply", "--config", (n / "agent.toml").string()},
+                 scratch / "forged.log");
+    INFO(slurp(scratch / "forged.log"));
+    CHECK(rc == 1);
+    CHECK(slurp(scratch / "forged.log").find("carries no operator-signed install command") != std::string::npos);
+    CHECK_FALSE(fs::exists(updateDir / "request"));
+    CHECK(installedOutriderVersion(scratch) == v2);
   }
 }

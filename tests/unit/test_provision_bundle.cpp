@@ -3,10 +3,14 @@
 // openssl CLI (TestCa), files in a temp dir.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <fstream>
 
 #include "outrider/agent/provision_bundle.hpp"
 #include "outrider/agent/provision_x509.hpp"
+#include "outrider/agent/update.hpp"
 #include "outrider/common/clock.hpp"
 #include "outrider/common/crypto.hpp"
 #include "outrider/ctl/enroll.hpp"
@@ -293,4 +297,54 @@ TEST_CASE("provision and enroll take their own options; the rest goes to the com
   CHECK_FALSE(ctl::parseDuration("1y", "t").ok());
   CHECK_FALSE(ctl::parseDuration("400d", "t").ok());
   CHECK_FALSE(ctl::parseDuration("", "t").ok());
+}
+
+TEST_CASE("the root updater trusts operator keys only from files the agent cannot change") {
+  if (::geteuid() != 0) {
+    MESSAGE("needs root: the files must be root's");
+    return;
+  }
+  World w;
+  namespace upd = outrider::agent::update;
+  auto cfgOp = *crypto::SigningKey::generate();
+  auto cfg = w.dir / "agent.toml";
+  std::ofstream(cfg) << "[node]\nid = \"edge-1\"\n[commands]\noperator_keys = [\"ed25519:"
+                     << crypto::base64(cfgOp.publicKey().raw()) << "\"]\n";
+  ::chmod(cfg.c_str(), 0644);
+  auto provPub = w.dir / "provisioning.pub";
+  std::ofstream(provPub) << w.prov.publicKey().toPem();
+  ::chmod(provPub.c_str(), 0644);
+  auto bundle = w.dir / "bundle.bin";
+  std::ofstream(bundle, std::ios::binary) << ctl::encodeBundleFile(w.bundle(), w.prov);
+
+  auto keys = upd::updaterKeys(cfg, bundle, provPub, "edge-1");
+  REQUIRE(keys);
+  CHECK(keys->size() == 2);
+  CHECK(keys->count(cfgOp.publicKey().id()) == 1);
+  CHECK(keys->count(w.op.publicKey().id()) == 1);  // from the bundle, which verified
+
+  // agent.toml writable by others: its keys do not count.
+  ::chmod(cfg.c_str(), 0666);
+  keys = upd::updaterKeys(cfg, bundle, provPub, "edge-1");
+  REQUIRE(keys);
+  CHECK(keys->count(cfgOp.publicKey().id()) == 0);
+  CHECK(keys->count(w.op.publicKey().id()) == 1);
+  ::chmod(cfg.c_str(), 0644);
+
+  // A bundle for another node, one signed by another key, one changed: not one of their keys counts.
+  std::ofstream(bundle, std::ios::binary | std::ios::trunc) << ctl::encodeBundleFile(w.bundle("edge-2"), w.prov);
+  CHECK(upd::updaterKeys(cfg, bundle, provPub, "edge-1")->size() == 1);
+  std::ofstream(bundle, std::ios::binary | std::ios::trunc)
+      << ctl::encodeBundleFile(w.bundle(), *crypto::SigningKey::generate());
+  CHECK(upd::updaterKeys(cfg, bundle, provPub, "edge-1")->size() == 1);
+  auto changed = ctl::encodeBundleFile(w.bundle(), w.prov);
+  changed[changed.size() / 2] ^= 0x01;
+  std::ofstream(bundle, std::ios::binary | std::ios::trunc) << changed;
+  CHECK(upd::updaterKeys(cfg, bundle, provPub, "edge-1")->size() == 1);
+  // No bundle kept (a node configured by hand): the configuration's keys alone.
+  std::filesystem::remove(bundle);
+  CHECK(upd::updaterKeys(cfg, bundle, provPub, "edge-1")->size() == 1);
+  // A broken key in agent.toml is an error, not a silent gap.
+  std::ofstream(cfg, std::ios::trunc) << "[commands]\noperator_keys = [\"ed25519:AAAA\"]\n";
+  CHECK_FALSE(upd::updaterKeys(cfg, bundle, provPub, "edge-1"));
 }

@@ -465,3 +465,79 @@ TEST_CASE("update commands with bad fields are refused before anything runs") {
     u.set_health_deadline_s(3600);
   }));
 }
+
+// ---------------------------------------------------------------- the updater's own check of a request
+
+namespace {
+
+struct SignedInstall {
+  crypto::SigningKey op = *crypto::SigningKey::generate();
+  std::map<std::string, crypto::VerifyKey> trusted{{op.publicKey().id(), op.publicKey()}};
+  std::string sha = std::string(32, '\x5a');
+  std::int64_t now = nowMs();
+
+  v1::CommandBody body(const std::string& node = "edge-1") const {
+    v1::CommandBody b;
+    b.set_node_id(node);
+    b.set_command_id("ctl-install-1");
+    b.set_issued_at_ms(now);
+    b.set_expires_at_ms(now + 720'000);
+    b.mutable_update()->set_op(v1::UpdateCommand::INSTALL);
+    b.mutable_update()->set_sha256(sha);
+    return b;
+  }
+  static std::string sign(const v1::CommandBody& b, const crypto::SigningKey& key) {
+    v1::CommandEnvelope env;
+    std::string bytes = b.SerializeAsString();
+    auto sig = key.sign(bytes);
+    env.set_signature(std::string(sig.begin(), sig.end()));
+    env.set_key_id(key.publicKey().id());
+    env.set_body(bytes);
+    return env.SerializeAsString();
+  }
+  UpdateState request(std::string signedCommand) const {
+    UpdateState s;
+    s.commandId = "ctl-install-1";
+    s.sha256 = crypto::hex(std::string_view(sha));
+    s.signedCommand = std::move(signedCommand);
+    return s;
+  }
+  Status check(const UpdateState& r) const { return authorizeRequest(r, "edge-1", trusted, now, 300'000, 86'400'000); }
+};
+
+}  // namespace
+
+TEST_CASE("the root updater carries out only an install the operator signed, for this node and this package") {
+  SignedInstall s;
+  CHECK(s.check(s.request(SignedInstall::sign(s.body(), s.op))));
+  // It travels in the request file and comes back intact.
+  auto back = UpdateState::decode(s.request(SignedInstall::sign(s.body(), s.op)).encode());
+  REQUIRE(back);
+  CHECK(s.check(*back));
+
+  auto refused = [&](const UpdateState& r, std::string_view why) {
+    auto st = s.check(r);
+    REQUIRE_FALSE(st);
+    CHECK_MESSAGE(st.error().message.find(why) != std::string::npos, st.error().message);
+  };
+  refused(s.request(""), "carries no operator-signed install command");
+  refused(s.request(SignedInstall::sign(s.body(), *crypto::SigningKey::generate())), "does not check");
+  refused(s.request(SignedInstall::sign(s.body("edge-2"), s.op)), "does not check");
+  auto other = s.request(SignedInstall::sign(s.body(), s.op));
+  other.sha256 = std::string(64, 'b');
+  refused(other, "installs another package");
+  auto renamed = s.request(SignedInstall::sign(s.body(), s.op));
+  renamed.commandId = "ctl-install-2";
+  refused(renamed, "the request names ctl-install-2");
+  auto offer = s.body();
+  offer.mutable_update()->set_op(v1::UpdateCommand::OFFER);
+  refused(s.request(SignedInstall::sign(offer, s.op)), "not an update install");
+  auto old = s.body();
+  old.set_issued_at_ms(s.now - 3'600'000);
+  old.set_expires_at_ms(s.now - 1'800'000);
+  refused(s.request(SignedInstall::sign(old, s.op)), "does not check");
+  auto tampered = SignedInstall::sign(s.body(), s.op);
+  tampered[tampered.size() / 2] ^= 0x01;
+  refused(s.request(tampered), "does not check");
+  CHECK_FALSE(authorizeRequest(s.request(SignedInstall::sign(s.body(), s.op)), "edge-1", {}, s.now, 300'000, 86'400'000));
+}

@@ -39,6 +39,8 @@ struct HookCommand {
 };
 struct UpdateCommand {
   outrider::v1::UpdateCommand op;
+  /// INSTALL: the signed command as it arrived, for the root updater to check again itself.
+  std::string signedCommand;
 };
 using Command = std::variant<PingCommand, GetStatusCommand, VmCommand, ContainerCommand, ApplyCommand, TunnelCommand,
                              HookCommand, UpdateCommand>;
@@ -90,7 +92,7 @@ class CommandProcessor {
 
  private:
   struct Run;
-  void start(Verdict v);
+  void start(Verdict v, std::string_view payload);
   void publish(outrider::v1::CommandReply r);
   void finish(const std::shared_ptr<Run>& run, outrider::v1::CommandReply r);
 

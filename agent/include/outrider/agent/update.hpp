@@ -41,6 +41,12 @@ struct UpdateConfig {
   /// Run by the updater after installing and after rolling back. Empty: the package's maintainer
   /// scripts restart the units (systemd).
   std::vector<std::string> restartCommand;
+  /// The updater's own directory (root, 0700): the package it installs is copied here before it is
+  /// checked, and the rollback package lives here, out of the agent's reach.
+  fs::path rootDir = "/var/lib/outrider/updater";
+  /// The provisioning public key (root's): the operator keys of the provisioning bundle the node kept
+  /// count for the updater only when the bundle verifies with it.
+  fs::path provisioningKey = "/etc/outrider/provisioning.pub";
 };
 
 /// Bytes an update of a `size`-byte package needs free in the update directory before the transfer
@@ -104,6 +110,9 @@ struct UpdateState {
   /// Health of each daemon before the update ("vmm" -> "HEALTHY"): a daemon healthy before must be
   /// healthy after; one degraded before must at least answer.
   std::map<std::string, std::string> baseline;
+  /// The operator's signed INSTALL command as it arrived (the request only): the updater checks it
+  /// itself, because it does not trust the unprivileged agent that wrote the request.
+  std::string signedCommand;
 
   std::string encode() const;
   static Result<UpdateState> decode(std::string_view text);
@@ -165,6 +174,19 @@ Result<PackageInfo> inspectPackage(const fs::path& deb);
 /// The installed version of `package` (dpkg-query), empty when not installed.
 Result<std::string> installedVersion(const std::string& package);
 
+/// The operator keys the updater trusts, none of them from files the agent can write: commands.operator_keys
+/// of `configFile` itself (when it is root's and writable by root alone), and those of the provisioning
+/// bundle the node kept (`bundleFile`) when it verifies with `provisioningKey` and names `nodeId`. Each key
+/// comes with where it was found, for the log.
+Result<std::map<std::string, crypto::VerifyKey>> updaterKeys(const fs::path& configFile, const fs::path& bundleFile,
+                                                              const fs::path& provisioningKey, const std::string& nodeId);
+
+/// The updater's check of a request: it carries an INSTALL command signed by one of `trusted`, for
+/// `nodeId`, within its validity (with the agent's limits), with the request's command id and digest.
+Status authorizeRequest(const UpdateState& request, const std::string& nodeId,
+                        const std::map<std::string, crypto::VerifyKey>& trusted, std::int64_t nowMs,
+                        std::int64_t clockSkewMs, std::int64_t maxValidityMs);
+
 struct UpdaterOptions {
   UpdateConfig cfg;
   fs::path hooksDir;
@@ -172,6 +194,10 @@ struct UpdaterOptions {
   std::string node;
   /// Extra wait for the verdict past the health deadline.
   std::chrono::milliseconds verdictGrace{15'000};
+  /// Who may order an install (updaterKeys), and the agent's time limits for signed commands.
+  std::map<std::string, crypto::VerifyKey> trusted;
+  std::int64_t clockSkewMs = 5 * 60 * 1000;
+  std::int64_t maxValidityMs = 24 * 3600 * 1000;
 };
 /// `outrider-agent update-apply`: carry out DIR/request (or finish a state an earlier run left behind).
 /// Exit status 0 when the update committed or there was nothing to do.

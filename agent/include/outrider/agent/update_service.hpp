@@ -52,13 +52,16 @@ class UpdateService {
   /// Pick up an update an earlier run left in progress.
   void start();
   void stop();
-  void run(const std::string& commandId, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done);
+  /// signedCommand: INSTALL's signed command as it arrived; it travels in the request to the updater.
+  void run(const std::string& commandId, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done,
+           std::string signedCommand = {});
 
   /// How often an update in progress is looked at.
   std::chrono::milliseconds tickInterval{500};
 
  private:
-  void install(const std::string& id, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done);
+  void install(const std::string& id, const v1::UpdateCommand& cmd, CommandProcessor::DoneFn done,
+               std::string signedCommand);
   void status(CommandProcessor::DoneFn done);
   void arm();
   void tick();
