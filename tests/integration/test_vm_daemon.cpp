@@ -41,6 +41,11 @@ struct Vmm {
   bool sawEvent(const std::string& e, std::chrono::seconds timeout) {
     return runUntil(io, [&] { return std::find(events.begin(), events.end(), e) != events.end(); }, timeout);
   }
+  bool sawEventStarting(const std::string& prefix, std::chrono::seconds timeout) {
+    return runUntil(
+        io, [&] { return std::any_of(events.begin(), events.end(), [&](const auto& e) { return e.starts_with(prefix); }); },
+        timeout);
+  }
 };
 
 v1::VmSpec guest(const LibvirtFixture& f, const std::string& name) {
@@ -163,6 +168,25 @@ TEST_CASE("outrider-vmm boots, adopts, refuses, stops and deletes a real guest u
   f.virsh("list --all --name", &names);
   CHECK(std::count(names.begin(), names.end(), '\n') >= 1);
   CHECK(names.find(name + "\n" + name) == std::string::npos);
+
+  // libvirtd restarts (an upgrade, a crash): vmm sees its connection close, reconnects and registers for
+  // lifecycle events again (the stop below must still produce its event); the guest runs on, not
+  // duplicated. Only a libvirtd this fixture started is restarted.
+  vmm.events.clear();
+  if (f.restartLibvirtd()) {
+    CHECK_MESSAGE(vmm.sawEventStarting("vm.libvirt qemu:///system disconnected", std::chrono::seconds(30)), vmm.proc->log());
+    CHECK_MESSAGE(vmm.sawEvent("vm.libvirt qemu:///system connected", std::chrono::seconds(90)), vmm.proc->log());
+    auto again = vmm.call(list);
+    REQUIRE(again.ok());
+    REQUIRE(again->vm_list().vms_size() == 1);
+    CHECK(again->vm_list().vms(0).state() == "running");
+    CHECK(again->vm_list().vms(0).uuid() == trim(uuid));
+    std::string id3;
+    f.virsh("domid " + name, &id3);
+    CHECK(trim(id3) == trim(id));  // the same QEMU process, not a new boot
+  } else {
+    MESSAGE("libvirtd was running before this test: not restarting a daemon it did not start");
+  }
 
   // Stop (ACPI, destroy after the timeout), event, second stop is a conflict.
   auto stop = vmm.call(actionReq(name, v1::VmActionRequest::STOP, 15));

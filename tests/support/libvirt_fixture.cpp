@@ -109,6 +109,18 @@ LibvirtFixture::~LibvirtFixture() {
   if (startedVirtlogd_) stop("/run/virtlogd.pid");
 }
 
+bool LibvirtFixture::restartLibvirtd() {
+  if (!startedLibvirtd_) return false;
+  pid_t pid = readPid("/run/libvirtd.pid");
+  if (alive(pid)) {
+    ::kill(pid, SIGTERM);
+    if (!waitFor([pid] { return !alive(pid); }, std::chrono::seconds(20))) return false;
+  }
+  bool started = false;
+  startDaemon("libvirtd", "/run/libvirtd.pid", started);
+  return started && waitFor([&] { return virsh("version") == 0; }, std::chrono::seconds(60));
+}
+
 std::string LibvirtFixture::uniqueName(const std::string& tag) const {
   return "ortest-" + tag + "-" + std::to_string(::getpid());
 }

@@ -34,6 +34,9 @@ class LibvirtFixture {
   void track(const std::string& domain) { domains_.insert(domain); }
   /// A unique domain name for this test process.
   std::string uniqueName(const std::string& tag) const;
+  /// Restart the libvirt daemon as an upgrade or a crash would (SIGTERM, then `libvirtd -d` again) and wait
+  /// until it answers; only a daemon this fixture started. False, with nothing done, otherwise.
+  bool restartLibvirtd();
   /// `virsh -c qemu:///system ARGS`: exit code, output in `out`.
   int virsh(const std::string& args, std::string* out = nullptr) const;
 
