@@ -220,7 +220,8 @@ void Broker::writeConfig() const {
 
   std::ostringstream c;
   c << "per_listener_settings true\n"
-    << "persistence false\n"
+    << (opts_.persistence ? "persistence true\npersistence_location " + (dir_ / "persist").string() + "/\n"
+                          : std::string("persistence false\n"))
     << "set_tcp_nodelay true\n"
     << "log_dest file " << (dir_ / "broker.log").string() << "\n"
     << "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
@@ -254,6 +255,10 @@ void Broker::writeConfig() const {
   }
   writeFile(dir_ / "mosquitto.conf", c.str(), 0644);
 
+  if (opts_.persistence) {
+    makeDir(dir_ / "persist");
+    giveToMosquittoUser(dir_ / "persist");
+  }
   fs::path logFile = dir_ / "broker.log";
   if (!fs::exists(logFile)) writeFile(logFile, "", 0666);
   giveToMosquittoUser(logFile);
@@ -305,7 +310,7 @@ MqttClient::MqttClient(const MosquittoLib&, MqttClientOptions opts) : opts_(std:
   static std::atomic<int> counter{0};
   if (opts_.clientId.empty())
     opts_.clientId = "test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
-  mosq_.reset(mosquitto_new(opts_.clientId.c_str(), true, this));
+  mosq_.reset(mosquitto_new(opts_.clientId.c_str(), opts_.cleanSession, this));
   if (!mosq_) throw std::runtime_error("mosquitto_new failed");
   mosquitto* m = mosq_.get();
   mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1);
@@ -493,7 +498,8 @@ void MqttClient::onConnect(mosquitto* m, void* self, int rc) noexcept {
       std::lock_guard lk(c->mu_);
       resubscribe = c->subscriptions_;
     }
-    // Sessions are clean and the broker keeps no state, so subscriptions do not survive a reconnect.
+    // A clean session keeps no subscriptions across a reconnect; a persistent one may have lost them with
+    // a broker that keeps no state. Subscribing again is harmless either way.
     // The SUBACKs cannot arrive before this callback returns (same thread), so the mids are recorded first.
     std::set<int> mids;
     for (const auto& [filter, qos] : resubscribe) {

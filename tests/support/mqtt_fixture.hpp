@@ -66,6 +66,9 @@ struct BrokerOptions {
   /// authentication only, anonymous clients, whose ACL lets a client publish only to
   /// outrider/v1/enroll/<its client id>/req and read only .../<its client id>/resp.
   bool enrollListener = false;
+  /// Keep sessions (subscriptions and the QoS 1 messages queued for clients that are away) across a
+  /// restart of the broker, in DIR/persist.
+  bool persistence = false;
 };
 
 /// A real `mosquitto -c <dir>/mosquitto.conf` on free loopback ports: a mutual-TLS listener
@@ -147,6 +150,9 @@ struct MqttClientOptions {
   /// MQTT 5 instead of 3.1.1.
   bool mqtt5 = false;
   int keepaliveSeconds = 30;
+  /// false: a persistent session (needs a clientId): while the client is away, the broker queues its
+  /// QoS 1 messages.
+  bool cleanSession = true;
 };
 
 /// A libmosquitto client for tests, with TCP_NODELAY set and its own network thread. Once it has been

@@ -31,6 +31,8 @@ struct NodeFixtureOptions {
   /// A supervisor that runs each daemon again when it ends, as systemd's Restart= would:
   /// `supervisor PIDFILE PROGRAM ARGS...`, keeping the daemon's current PID in PIDFILE (DIR/NAME.pid).
   std::filesystem::path supervisor;
+  /// The broker keeps sessions across its restarts (BrokerOptions::persistence).
+  bool brokerPersistence = false;
 };
 
 class NodeFixture {
@@ -72,7 +74,7 @@ class NodeFixture {
   // Declared in start-up order; destroyed in reverse, so the daemons stop before the broker and the
   // directory go.
   TestCa ca{dir_ / "pki"};
-  Broker broker{dir_ / "broker", ca, BrokerOptions{.nodes = {opts_.node}}};
+  Broker broker{dir_ / "broker", ca, BrokerOptions{.nodes = {opts_.node}, .persistence = opts_.brokerPersistence}};
   Process vmm, netd, agent;
 
  private:
