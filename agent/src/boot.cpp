@@ -32,18 +32,6 @@ std::string trim(std::string s) {
   return s;
 }
 
-template <class T>
-Result<std::optional<T>> readRecord(const fs::path& file) {
-  auto text = readFile(file, 1 << 20);
-  if (!text) {
-    if (text.error().code == ENOENT) return std::optional<T>{};
-    return text.error();
-  }
-  auto r = T::decode(*text);
-  if (!r) return Error{file.string() + ": " + r.error().message};
-  return std::optional<T>(std::move(*r));
-}
-
 }  // namespace
 
 std::string Trial::encode() const {
@@ -91,8 +79,8 @@ Result<Outcome> Outcome::decode(std::string_view text) {
   return o;
 }
 
-Result<std::optional<Trial>> readTrial(const fs::path& file) { return readRecord<Trial>(file); }
-Result<std::optional<Outcome>> readOutcome(const fs::path& file) { return readRecord<Outcome>(file); }
+Result<std::optional<Trial>> readTrial(const fs::path& file) { return update::record::read<Trial>(file); }
+Result<std::optional<Outcome>> readOutcome(const fs::path& file) { return update::record::read<Outcome>(file); }
 
 Result<std::string> readBootId(const fs::path& file) {
   auto text = readFile(file, 256);

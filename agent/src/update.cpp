@@ -399,24 +399,8 @@ Result<Verdict> Verdict::decode(std::string_view text) {
   return v;
 }
 
-namespace {
-template <class T>
-Result<std::optional<T>> readRecord(const fs::path& file) {
-  std::error_code ec;
-  if (!fs::exists(file, ec)) return std::optional<T>{};
-  auto text = readFile(file, 1 << 20);
-  if (!text) {
-    if (text.error().code == ENOENT) return std::optional<T>{};
-    return text.error();
-  }
-  auto r = T::decode(*text);
-  if (!r) return Error{file.string() + ": " + r.error().message};
-  return std::optional<T>(std::move(*r));
-}
-}  // namespace
-
-Result<std::optional<UpdateState>> readState(const fs::path& file) { return readRecord<UpdateState>(file); }
-Result<std::optional<Verdict>> readVerdict(const fs::path& file) { return readRecord<Verdict>(file); }
+Result<std::optional<UpdateState>> readState(const fs::path& file) { return record::read<UpdateState>(file); }
+Result<std::optional<Verdict>> readVerdict(const fs::path& file) { return record::read<Verdict>(file); }
 Status writeState(const fs::path& file, std::string_view data) { return writeFileAtomic(file, data, 0644); }
 
 // ---------------------------------------------------------------- health

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "outrider/common/atomic_file.hpp"
 #include "outrider/common/crypto.hpp"
 #include "outrider/common/result.hpp"
 #include "outrider/v1/hub.pb.h"
@@ -138,6 +139,19 @@ Result<std::map<std::string, std::string>> parseLines(std::string_view text);
 Result<std::int64_t> toInt(const std::map<std::string, std::string>& kv, const char* key);
 /// A value; absent = "".
 std::string get(const std::map<std::string, std::string>& kv, const char* key);
+/// A file of one record decoded with T::decode: nullopt when it does not exist, an Error naming the file
+/// when it cannot be read or does not decode.
+template <class T>
+Result<std::optional<T>> read(const fs::path& file) {
+  auto text = readFile(file, 1 << 20);
+  if (!text) {
+    if (text.error().code == ENOENT) return std::optional<T>{};
+    return text.error();
+  }
+  auto r = T::decode(*text);
+  if (!r) return Error{file.string() + ": " + r.error().message};
+  return std::optional<T>(std::move(*r));
+}
 }  // namespace record
 
 inline fs::path requestFile(const fs::path& dir) { return dir / "request"; }
