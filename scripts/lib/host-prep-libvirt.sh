@@ -12,11 +12,19 @@ host_prep_libvirt() {
     fi
   fi
   # Without systemd nobody starts the daemons; virtlogd first (libvirtd's QEMU driver needs it).
+  # A libvirtd started here is this run's: its PID goes to the tests (OUTRIDER_OWN_LIBVIRTD_PID), which may
+  # restart that one (and only that one) to check that vmm reconnects.
   local d
   for d in virtlogd libvirtd; do
     if ! { [[ -s /run/$d.pid ]] && kill -0 "$(cat "/run/$d.pid")" 2>/dev/null; }; then
       command -v "$d" >/dev/null || outrider_die "$d is missing; run scripts/deps"
       "$d" -d
+      if [[ $d == libvirtd ]]; then
+        local j
+        for j in $(seq 100); do [[ -s /run/libvirtd.pid ]] && break; sleep 0.1; done
+        OUTRIDER_OWN_LIBVIRTD_PID=$(cat /run/libvirtd.pid 2>/dev/null || true)
+        export OUTRIDER_OWN_LIBVIRTD_PID
+      fi
     fi
   done
   local i

@@ -35,7 +35,8 @@ class LibvirtFixture {
   /// A unique domain name for this test process.
   std::string uniqueName(const std::string& tag) const;
   /// Restart the libvirt daemon as an upgrade or a crash would (SIGTERM, then `libvirtd -d` again) and wait
-  /// until it answers; only a daemon this fixture started. False, with nothing done, otherwise.
+  /// until it answers; only a daemon this fixture started, or the one this test run's host preparation
+  /// started (its PID in OUTRIDER_OWN_LIBVIRTD_PID). False, with nothing done, otherwise.
   bool restartLibvirtd();
   /// `virsh -c qemu:///system ARGS`: exit code, output in `out`.
   int virsh(const std::string& args, std::string* out = nullptr) const;
