@@ -289,14 +289,10 @@ struct Agent::Impl {
       LOG_WARN("command {}: interrupted by the previous run; a redelivery gets a failed reply", id);
     pruneJournal();
 
-    std::map<std::string, crypto::VerifyKey> keys;
-    for (const auto& spec : cfg.operatorKeys) {
-      auto k = crypto::VerifyKey::parse(spec);
-      if (!k) return Error{"operator key " + spec + ": " + k.error().message};
-      keys.emplace(k->id(), *k);
-      LOG_INFO("trusting operator key {}", k->id());
-    }
-    verifier = std::make_unique<CommandVerifier>(cfg.nodeId, std::move(keys), cfg.limits, clock);
+    auto keys = parseOperatorKeys(cfg.operatorKeys);
+    if (!keys) return keys.error();
+    for (const auto& [id, key] : *keys) LOG_INFO("trusting operator key {}", id);
+    verifier = std::make_unique<CommandVerifier>(cfg.nodeId, std::move(*keys), cfg.limits, clock);
     processor = std::make_unique<CommandProcessor>(
         io, cfg.nodeId, *verifier, *journal, clock, cfg.processor,
         [this](const outrider::v1::CommandReply& r) {

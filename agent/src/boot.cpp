@@ -14,7 +14,6 @@
 #include "outrider/common/clock.hpp"
 #include "outrider/common/log.hpp"
 #include "outrider/hooks/runner.hpp"
-#include "outrider/hooks/spawn.hpp"
 
 namespace outrider::agent::boot {
 
@@ -289,22 +288,11 @@ class Watcher {
         return;
       }
     }
-    hooks::detail::SpawnOptions so;
-    auto prog = hooks::detail::findProgram(cfg_.rebootCommand.front());
-    if (!prog) {
-      LOG_ERR("boot slots: reboot command: {}", prog.error().message);
-      return;
-    }
-    so.program = *prog;
-    so.args.assign(cfg_.rebootCommand.begin() + 1, cfg_.rebootCommand.end());
-    so.env = {std::string("PATH=") + hooks::detail::kMinimalPath, "LC_ALL=C"};
-    so.timeout = std::chrono::minutes(2);
-    so.outputCap = 64 * 1024;
     LOG_NOTICE("boot slots: rebooting ({})", why);
-    auto r = hooks::detail::spawnAndWait(so);
+    const auto timeout = std::chrono::minutes(2);
+    auto r = update::runTool(cfg_.rebootCommand, timeout);
     if (!r) LOG_ERR("boot slots: reboot command: {}", r.error().message);
-    else if (r->exitCode != 0)
-      LOG_ERR("boot slots: reboot command: {}", hooks::detail::describe(*r, so.timeout));
+    else if (r->exitCode != 0) LOG_ERR("boot slots: reboot command: {}", hooks::detail::describe(*r, timeout));
   }
 
   const WatchOptions& o_;

@@ -73,8 +73,10 @@ v1::UpdateResult result(const crypto::Sha256& digest, std::uint64_t size, std::u
 }
 
 
+}  // namespace
+
 Result<hooks::detail::SpawnResult> runTool(std::vector<std::string> argv, std::chrono::milliseconds timeout,
-                                           const fs::path& cwd = {}) {
+                                           const fs::path& cwd) {
   auto prog = hooks::detail::findProgram(argv.front());
   if (!prog) return Error{argv.front() + ": " + prog.error().message};
   hooks::detail::SpawnOptions o;
@@ -92,6 +94,8 @@ Result<hooks::detail::SpawnResult> runTool(std::vector<std::string> argv, std::c
   }
   return hooks::detail::spawnAndWait(o);
 }
+
+namespace {
 
 std::string lastLines(const std::string& text, std::size_t n = 3) {
   std::vector<std::string> lines;
@@ -454,12 +458,9 @@ Result<std::map<std::string, crypto::VerifyKey>> updaterKeys(const fs::path& con
   std::string why;
   if (rootsAlone(configFile, why)) {
     try {
-      auto r = ConfigReader::load(configFile);
-      for (const auto& spec : r.strList("commands.operator_keys", {})) {
-        auto k = crypto::VerifyKey::parse(spec);
-        if (!k) return Error{fmt::format("{}: operator key {}: {}", configFile.string(), spec, k.error().message)};
-        out.emplace(k->id(), *k);
-      }
+      auto keys = parseOperatorKeys(ConfigReader::load(configFile).strList("commands.operator_keys", {}));
+      if (!keys) return Error{configFile.string() + ": " + keys.error().message};
+      out = std::move(*keys);
     } catch (const ConfigError& e) {
       return Error{e.what()};
     }
@@ -490,8 +491,9 @@ Result<std::map<std::string, crypto::VerifyKey>> updaterKeys(const fs::path& con
              vb->bundle.node_id(), nodeId);
     return out;
   }
-  for (const auto& spec : vb->bundle.operator_keys())
-    if (auto k = crypto::VerifyKey::parse(spec)) out.emplace(k->id(), *k);
+  // verifyBundle has checked every key already.
+  auto keys = parseOperatorKeys({vb->bundle.operator_keys().begin(), vb->bundle.operator_keys().end()});
+  if (keys) out.merge(*keys);
   return out;
 }
 

@@ -68,4 +68,14 @@ Verdict CommandVerifier::checkTime(Verdict v) const {
   return v;
 }
 
+Result<std::map<std::string, crypto::VerifyKey>> parseOperatorKeys(const std::vector<std::string>& specs) {
+  std::map<std::string, crypto::VerifyKey> keys;
+  for (const auto& spec : specs) {
+    auto k = crypto::VerifyKey::parse(spec);
+    if (!k) return Error{"operator key " + spec + ": " + k.error().message};
+    keys.emplace(k->id(), *k);
+  }
+  return keys;
+}
+
 }  // namespace outrider::agent

@@ -19,6 +19,7 @@
 #include "outrider/common/atomic_file.hpp"
 #include "outrider/common/crypto.hpp"
 #include "outrider/common/result.hpp"
+#include "outrider/hooks/spawn.hpp"
 #include "outrider/v1/hub.pb.h"
 
 namespace outrider::agent::update {
@@ -179,6 +180,12 @@ struct HealthInputs {
 };
 /// Everything that is not healthy yet, one phrase each; empty = healthy.
 std::vector<std::string> healthProblems(const HealthInputs& in);
+
+/// A tool run to completion, never through a shell (`argv[0]` looked up in the system directories): a
+/// minimal environment, the whole process group ended at `timeout`, 256 KiB of output kept; in `cwd` when
+/// given. An Error only when it cannot be started.
+Result<hooks::detail::SpawnResult> runTool(std::vector<std::string> argv, std::chrono::milliseconds timeout,
+                                           const fs::path& cwd = {});
 
 /// The package's control fields (dpkg-deb --field).
 struct PackageInfo {

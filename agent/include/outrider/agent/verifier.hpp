@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "outrider/common/clock.hpp"
 #include "outrider/common/crypto.hpp"
@@ -46,6 +47,10 @@ class CommandVerifier {
   VerifierLimits limits_;
   const Clock& clock_;
 };
+
+/// The trusted keys by id from operator key specs (commands.operator_keys: "ed25519:<base64>" or a PEM file);
+/// an Error naming the first spec that does not parse.
+Result<std::map<std::string, crypto::VerifyKey>> parseOperatorKeys(const std::vector<std::string>& specs);
 
 using topics::validCommandId;
 
