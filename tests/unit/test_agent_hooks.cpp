@@ -57,6 +57,33 @@ TEST_CASE("[hooks] dir and timeout_s, with defaults and bounds") {
   CHECK(errorOf(kBase + "[hooks]\ntimeout = 5\n").find("hooks.timeout") != std::string::npos);  // unknown key
 }
 
+TEST_CASE("[boot]: off by default, the backends and their paths, and bad values refused by name") {
+  auto d = AgentConfig::parse(kBase, "agent.toml");
+  CHECK_FALSE(d.boot.enabled());
+  CHECK(d.boot.dir == "/var/lib/outrider/agent/boot");
+  auto g = AgentConfig::parse(kBase + "[boot]\nbackend = \"grub\"\ngrubenv = \"/boot/efi/grubenv\"\n"
+                                      "health_deadline_s = 60\nreboot_command = [\"/usr/sbin/reboot\"]\n",
+                              "agent.toml");
+  CHECK(g.boot.enabled());
+  CHECK(g.boot.slots.grubenv == "/boot/efi/grubenv");
+  CHECK_FALSE(g.boot.countBoots);  // GRUB counts itself
+  CHECK(g.boot.healthDeadline == 60s);
+  CHECK(g.boot.rebootCommand == std::vector<std::string>{"/usr/sbin/reboot"});
+  auto n = AgentConfig::parse(kBase + "[boot]\nbackend = \"none\"\n", "agent.toml");
+  CHECK(n.boot.countBoots);  // nothing else counts
+  CHECK(n.boot.slots.stateFile == "/var/lib/outrider/agent/boot-slots");
+  CHECK(errorOf(kBase + "[boot]\nbackend = \"lilo\"\n").find("boot.backend") != std::string::npos);
+  CHECK(errorOf(kBase + "[boot]\nbackend = \"grub\"\ngrubenv = \"grubenv\"\n").find("boot.grubenv") !=
+        std::string::npos);
+  CHECK(errorOf(kBase + "[boot]\nhealth_deadline_s = 5\n").find("boot.health_deadline_s") != std::string::npos);
+  CHECK(errorOf(kBase + "[boot]\nreboot_command = [\"reboot\"]\n").find("boot.reboot_command") !=
+        std::string::npos);
+  CHECK(errorOf(kBase + "[boot]\ncount = true\n").find("boot.count") != std::string::npos);  // unknown key
+  CHECK(errorOf(kBase + "[update]\nroot_dir = \"updater\"\n").find("update.root_dir") != std::string::npos);
+  CHECK(errorOf(kBase + "[update]\nprovisioning_key = \"prov.pub\"\n").find("update.provisioning_key") !=
+        std::string::npos);
+}
+
 TEST_CASE("a hook command is checked before it runs: a known event, OUTRIDER_* variables") {
   v1::CommandBody b;
   b.mutable_hook()->set_event("boot-ok");
