@@ -110,18 +110,6 @@ std::uint32_t crc32c(std::string_view data) {
   return c ^ 0xffffffffu;
 }
 
-CommandJournal::Fd& CommandJournal::Fd::operator=(Fd&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = std::exchange(o.fd_, -1);
-  }
-  return *this;
-}
-
-CommandJournal::Fd::~Fd() {
-  if (fd_ >= 0) ::close(fd_);
-}
-
 JournalRecovery CommandJournal::load(std::string_view bytes, Map& entries) {
   JournalRecovery rec;
   v1::JournalRecord r;
@@ -185,10 +173,10 @@ JournalRecovery CommandJournal::scan(std::string_view fileBytes) {
 Result<CommandJournal> CommandJournal::open(const std::filesystem::path& path, JournalOptions options) {
   const std::string what = "journal " + path.string();
   bool created = true;
-  Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0 && errno == EEXIST) {
     created = false;
-    fd = Fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    fd = UniqueFd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   }
   if (fd.get() < 0) return errnoError("open " + what, errno);
   struct stat st {};
@@ -309,7 +297,7 @@ Status CommandJournal::compact() {
   auto tmp = compactionTemp(path_);
   auto dir = tmp.parent_path();
   const std::string what = "journal compaction " + tmp.string();
-  Fd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  UniqueFd fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (fd.get() < 0) return errnoError("create " + what, errno);
   auto abandon = [&](Error e) -> Status {
     ::unlink(tmp.c_str());

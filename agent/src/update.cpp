@@ -22,6 +22,7 @@
 #include "outrider/common/clock.hpp"
 #include "outrider/common/openssl.hpp"
 #include "outrider/common/log.hpp"
+#include "outrider/common/unique_fd.hpp"
 #include "outrider/hooks/runner.hpp"
 #include "outrider/hooks/spawn.hpp"
 
@@ -35,21 +36,14 @@ std::string digestHex(const crypto::Sha256& d) { return crypto::hex(std::span<co
 
 std::string mib(std::uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
 
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 Result<crypto::Sha256> hashFile(const fs::path& p) {
-  Fd f{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (f.fd < 0) return errnoError("open " + p.string(), errno);
+  UniqueFd f{::open(p.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.get() < 0) return errnoError("open " + p.string(), errno);
   ssl::EvpMdCtx ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return Error{"sha256: cannot initialise"};
   std::vector<char> buf(1 << 16);
   for (;;) {
-    ssize_t n = ::read(f.fd, buf.data(), buf.size());
+    ssize_t n = ::read(f.get(), buf.data(), buf.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       return errnoError("read " + p.string(), errno);
@@ -165,8 +159,8 @@ Result<v1::UpdateResult> PackageStore::offer(const crypto::Sha256& digest, std::
   if (!part || part->size != size) {
     prune(std::nullopt);
     auto p = dir_ / fmt::format("{}-{}.part", digestHex(digest), size);
-    Fd f{::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600)};
-    if (f.fd < 0) return errnoError("create " + p.string(), errno);
+    UniqueFd f{::open(p.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600)};
+    if (f.get() < 0) return errnoError("create " + p.string(), errno);
   } else {
     // Only this transfer: drop other packages' files.
     std::error_code ec2;
@@ -192,22 +186,22 @@ Result<v1::UpdateResult> PackageStore::chunk(const crypto::Sha256& digest, std::
   if (data.empty() || offset + data.size() > part->size)
     return Error{fmt::format("chunk of {} bytes at {} does not fit the {}-byte package", data.size(), offset, part->size)};
   {
-    Fd f{::open(part->path.c_str(), O_WRONLY | O_CLOEXEC)};
-    if (f.fd < 0) return errnoError("open " + part->path.string(), errno);
+    UniqueFd f{::open(part->path.c_str(), O_WRONLY | O_CLOEXEC)};
+    if (f.get() < 0) return errnoError("open " + part->path.string(), errno);
     std::size_t done = 0;
     while (done < data.size()) {
-      ssize_t n = ::pwrite(f.fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+      ssize_t n = ::pwrite(f.get(), data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         int err = errno;
         // A short write leaves garbage past `have`: cut back so that the offsets stay right.
-        if (::ftruncate(f.fd, static_cast<off_t>(offset)) != 0) LOG_WARN("update: cannot cut {} back", part->path.string());
+        if (::ftruncate(f.get(), static_cast<off_t>(offset)) != 0) LOG_WARN("update: cannot cut {} back", part->path.string());
         return errnoError("write " + part->path.string(), err);
       }
       done += static_cast<std::size_t>(n);
     }
     if (offset + data.size() < part->size) return result(digest, part->size, offset + data.size(), "receiving");
-    if (::fsync(f.fd) != 0) return errnoError("fsync " + part->path.string(), errno);
+    if (::fsync(f.get()) != 0) return errnoError("fsync " + part->path.string(), errno);
   }
   auto got = hashFile(part->path);
   if (!got) return got.error();
@@ -567,14 +561,14 @@ class Updater {
       LOG_ERR("update: {}", s.error().message);
       return 1;
     }
-    Fd lock{::open((dir_ / "updater.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)};
-    if (lock.fd < 0 || ::flock(lock.fd, LOCK_EX | LOCK_NB) != 0) {
+    UniqueFd lock{::open((dir_ / "updater.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644)};
+    if (lock.get() < 0 || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
       LOG_WARN("update: another updater is running; leaving it to that one");
       return 0;
     }
     // Who holds the lock: for operators (and tests) that must find a running updater.
     auto pid = std::to_string(::getpid()) + "\n";
-    if (::ftruncate(lock.fd, 0) != 0 || ::pwrite(lock.fd, pid.data(), pid.size(), 0) < 0)
+    if (::ftruncate(lock.get(), 0) != 0 || ::pwrite(lock.get(), pid.data(), pid.size(), 0) < 0)
       LOG_WARN("update: cannot write the PID into updater.lock");
     auto state = readState(stateFile(dir_));
     if (!state) {

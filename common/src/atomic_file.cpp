@@ -8,18 +8,13 @@
 #include <cstring>
 #include <random>
 
+#include "outrider/common/unique_fd.hpp"
+
 namespace outrider {
 
 Error errnoError(std::string what, int err) { return Error{what + ": " + std::strerror(err), err}; }
 
 namespace {
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 Status writeAll(int fd, std::string_view data, const std::string& what) {
   while (!data.empty()) {
     ssize_t n = ::write(fd, data.data(), data.size());
@@ -34,9 +29,9 @@ Status writeAll(int fd, std::string_view data, const std::string& what) {
 }  // namespace
 
 Status fsyncDir(const std::filesystem::path& dir) {
-  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-  if (d.fd < 0) return errnoError("open directory " + dir.string(), errno);
-  if (::fsync(d.fd) != 0) return errnoError("fsync directory " + dir.string(), errno);
+  UniqueFd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.get() < 0) return errnoError("open directory " + dir.string(), errno);
+  if (::fsync(d.get()) != 0) return errnoError("fsync directory " + dir.string(), errno);
   return {};
 }
 
@@ -45,28 +40,27 @@ Status writeFileAtomic(const std::filesystem::path& path, std::string_view data,
   if (dir.empty()) dir = ".";
   std::random_device rd;
   auto tmp = dir / ("." + path.filename().string() + ".tmp" + std::to_string(rd()));
-  Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)};
-  if (f.fd < 0) return errnoError("create " + tmp.string(), errno);
+  UniqueFd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)};
+  if (f.get() < 0) return errnoError("create " + tmp.string(), errno);
   auto fail = [&](Error e) -> Status {
     ::unlink(tmp.c_str());
     return e;
   };
-  if (::fchmod(f.fd, mode) != 0) return fail(errnoError("chmod " + tmp.string(), errno));
-  if (auto s = writeAll(f.fd, data, tmp.string()); !s) return fail(s.error());
-  if (::fsync(f.fd) != 0) return fail(errnoError("fsync " + tmp.string(), errno));
-  ::close(f.fd);
-  f.fd = -1;
+  if (::fchmod(f.get(), mode) != 0) return fail(errnoError("chmod " + tmp.string(), errno));
+  if (auto s = writeAll(f.get(), data, tmp.string()); !s) return fail(s.error());
+  if (::fsync(f.get()) != 0) return fail(errnoError("fsync " + tmp.string(), errno));
+  f.reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0) return fail(errnoError("rename to " + path.string(), errno));
   return fsyncDir(dir);
 }
 
 Result<std::string> readFile(const std::filesystem::path& path, std::size_t maxBytes) {
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (f.fd < 0) return errnoError("open " + path.string(), errno);
+  UniqueFd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.get() < 0) return errnoError("open " + path.string(), errno);
   std::string out;
   char buf[65536];
   for (;;) {
-    ssize_t n = ::read(f.fd, buf, sizeof buf);
+    ssize_t n = ::read(f.get(), buf, sizeof buf);
     if (n < 0) {
       if (errno == EINTR) continue;
       return errnoError("read " + path.string(), errno);

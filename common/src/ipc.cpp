@@ -21,6 +21,7 @@
 #include <sstream>
 
 #include "outrider/common/log.hpp"
+#include "outrider/common/unique_fd.hpp"
 
 namespace outrider::ipc {
 
@@ -40,13 +41,6 @@ constexpr std::size_t kReadChunk = 64 * 1024;
 bool fitsSunPath(const std::filesystem::path& p) { return p.native().size() < sizeof(sockaddr_un::sun_path); }
 
 // Owns a plain fd for the short-lived probe socket in Server::start.
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
@@ -225,12 +219,12 @@ Status Server::Impl::start() {
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) return Error{path.string() + ": exists and is not a socket"};
     // Only a socket nobody listens on is stale; replacing a live one would steal another daemon's clients.
-    Fd probe{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
-    if (probe.fd < 0) return errnoError("socket", errno);
+    UniqueFd probe{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
+    if (probe.get() < 0) return errnoError("socket", errno);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::memcpy(addr.sun_path, path.c_str(), path.native().size());
-    if (::connect(probe.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN)
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 || errno == EAGAIN)
       return Error{path.string() + ": another server is listening on this socket", EADDRINUSE};
     if (errno != ECONNREFUSED) return errnoError("probe " + path.string(), errno);
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) return errnoError("remove stale socket " + path.string(), errno);

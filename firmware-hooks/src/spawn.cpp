@@ -13,46 +13,19 @@
 #include <cerrno>
 #include <sstream>
 
+#include "outrider/common/unique_fd.hpp"
+
 namespace outrider::hooks::detail {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { reset(); }
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = o.release();
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-  explicit operator bool() const { return fd_ >= 0; }
-
- private:
-  int fd_ = -1;
-};
-
-Status makePipe(Fd& r, Fd& w) {
+Status makePipe(UniqueFd& r, UniqueFd& w) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return errnoError("pipe", errno);
-  r = Fd(p[0]);
-  w = Fd(p[1]);
+  r = UniqueFd(p[0]);
+  w = UniqueFd(p[1]);
   return {};
 }
 
@@ -135,7 +108,7 @@ Result<SpawnResult> spawnAndWait(const SpawnOptions& opts) {
   const std::string what = "run " + opts.program.string();
   if (opts.input && opts.input->size() > 60 * 1024) return Error{what + ": input too large"};
 
-  Fd outR, outW, errR, errW, inR, inW;
+  UniqueFd outR, outW, errR, errW, inR, inW;
   if (auto s = makePipe(outR, outW); !s) return Error{what + ": " + s.error().message, s.error().code};
   if (!opts.mergeStderr)
     if (auto s = makePipe(errR, errW); !s) return Error{what + ": " + s.error().message, s.error().code};
@@ -197,7 +170,7 @@ Result<SpawnResult> spawnAndWait(const SpawnOptions& opts) {
   inR.reset();
 
   // Through syscall(): glibc 2.36's <sys/pidfd.h> lacks C linkage for C++.
-  Fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   if (!pidfd) {
     // Cannot watch it; end it rather than leave it unsupervised.
     int e = errno;

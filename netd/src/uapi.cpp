@@ -9,6 +9,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "outrider/common/unique_fd.hpp"
+
 namespace outrider::netd {
 
 std::string encodeUapiSet(const WgDeviceConfig& cfg) {
@@ -124,21 +126,14 @@ Result<WgDeviceState> decodeUapiGet(std::string_view reply) {
 
 namespace {
 
-struct Fd {
-  int fd = -1;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-Status connectUnix(Fd& s, const std::filesystem::path& path) {
-  s.fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (s.fd < 0) return errnoError("socket", errno);
+Status connectUnix(UniqueFd& s, const std::filesystem::path& path) {
+  s.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (s.get() < 0) return errnoError("socket", errno);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.native().size() >= sizeof addr.sun_path) return Error{"UAPI socket path too long: " + path.string(), ENAMETOOLONG};
   std::memcpy(addr.sun_path, path.c_str(), path.native().size());
-  if (::connect(s.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return errnoError("connect " + path.string(), errno);
   return {};
 }
@@ -146,12 +141,12 @@ Status connectUnix(Fd& s, const std::filesystem::path& path) {
 }  // namespace
 
 Result<std::string> UapiClient::exchange(std::string_view request, std::chrono::milliseconds timeout) const {
-  Fd s;
+  UniqueFd s;
   if (auto st = connectUnix(s, socket_); !st) return st.error();
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::size_t sent = 0;
   while (sent < request.size()) {
-    ssize_t n = ::send(s.fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    ssize_t n = ::send(s.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errnoError("write " + socket_.string(), errno);
     sent += static_cast<std::size_t>(n);
@@ -161,12 +156,12 @@ Result<std::string> UapiClient::exchange(std::string_view request, std::chrono::
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return Error{"UAPI " + socket_.string() + ": no reply within " + std::to_string(timeout.count()) + " ms", ETIMEDOUT};
-    pollfd p{s.fd, POLLIN, 0};
+    pollfd p{s.get(), POLLIN, 0};
     int r = ::poll(&p, 1, static_cast<int>(left.count()));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) return errnoError("poll " + socket_.string(), errno);
     if (r == 0) continue;
-    ssize_t n = ::recv(s.fd, buf, sizeof buf, 0);
+    ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errnoError("read " + socket_.string(), errno);
     if (n == 0) return Error{"UAPI " + socket_.string() + ": connection closed without a complete reply", EPROTO};
@@ -191,11 +186,11 @@ Result<WgDeviceState> UapiClient::get() const {
 }
 
 Result<pid_t> UapiClient::serverPid() const {
-  Fd s;
+  UniqueFd s;
   if (auto st = connectUnix(s, socket_); !st) return st.error();
   ucred cred{};
   socklen_t len = sizeof cred;
-  if (::getsockopt(s.fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return errnoError("SO_PEERCRED", errno);
+  if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return errnoError("SO_PEERCRED", errno);
   return cred.pid;
 }
 

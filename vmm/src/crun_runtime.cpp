@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "outrider/common/atomic_file.hpp"
+#include "outrider/common/unique_fd.hpp"
 #include "outrider/vmm/ct_json.hpp"
 
 extern char** environ;
@@ -21,20 +22,6 @@ namespace outrider::vmm {
 namespace fs = std::filesystem;
 
 namespace {
-
-struct Fd {
-  int fd = -1;
-  Fd() = default;
-  explicit Fd(int f) : fd(f) {}
-  Fd(Fd&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-  void reset() {
-    if (fd >= 0) ::close(fd);
-    fd = -1;
-  }
-};
 
 std::string firstLine(const std::string& s) {
   auto t = s;
@@ -71,18 +58,18 @@ Result<CommandResult> runCommand(const std::vector<std::string>& argv, std::chro
   if (!exe) return Error{"run " + argv[0] + ": not found"};
   int outp[2], errp[2];
   if (::pipe2(outp, O_CLOEXEC) != 0) return errnoError("pipe", errno);
-  Fd outR(outp[0]), outW(outp[1]);
+  UniqueFd outR(outp[0]), outW(outp[1]);
   if (::pipe2(errp, O_CLOEXEC) != 0) return errnoError("pipe", errno);
-  Fd errR(errp[0]), errW(errp[1]);
+  UniqueFd errR(errp[0]), errW(errp[1]);
 
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   if (stdoutFile.empty())
-    posix_spawn_file_actions_adddup2(&fa, outW.fd, 1);
+    posix_spawn_file_actions_adddup2(&fa, outW.get(), 1);
   else
     posix_spawn_file_actions_addopen(&fa, 1, stdoutFile.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&fa, errW.fd, 2);
+  posix_spawn_file_actions_adddup2(&fa, errW.get(), 2);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t none, dflt;
@@ -110,7 +97,7 @@ Result<CommandResult> runCommand(const std::vector<std::string>& argv, std::chro
   bool timedOut = false;
   int open = 2;
   while (open > 0) {
-    pollfd pf[2] = {{outR.fd, POLLIN, 0}, {errR.fd, POLLIN, 0}};
+    pollfd pf[2] = {{outR.get(), POLLIN, 0}, {errR.get(), POLLIN, 0}};
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
       timedOut = true;

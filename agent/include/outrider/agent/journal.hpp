@@ -27,6 +27,7 @@
 
 #include "outrider/common/crypto.hpp"
 #include "outrider/common/result.hpp"
+#include "outrider/common/unique_fd.hpp"
 
 namespace outrider::agent {
 
@@ -121,19 +122,6 @@ class CommandJournal {
   };
   using Map = std::unordered_map<std::string, JournalEntry, StringHash, std::equal_to<>>;
 
-  class Fd {
-   public:
-    Fd() = default;
-    explicit Fd(int fd) : fd_(fd) {}
-    Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-    Fd& operator=(Fd&& o) noexcept;
-    ~Fd();
-    int get() const { return fd_; }
-
-   private:
-    int fd_ = -1;
-  };
-
   CommandJournal() = default;
   static JournalRecovery load(std::string_view bytes, Map& entries);
   Status append(std::string_view id, const JournalEntry& entry, Durability durability);
@@ -142,7 +130,7 @@ class CommandJournal {
 
   std::filesystem::path path_;
   JournalOptions options_;
-  Fd fd_;
+  UniqueFd fd_;
   Map entries_;
   std::size_t records_ = 0;  // records in the file, live or superseded
   off_t end_ = 0;            // end of the last good record: where the next one goes
