@@ -7,17 +7,27 @@
 // the `vm.state ... running` NodeEvent; the VM is then stopped again.
 // Baseline: the same domain XML (without outrider's metadata) defined directly through the libvirt C
 // API; each trial takes the time from the virDomainCreate call to the VIR_DOMAIN_EVENT_STARTED lifecycle
-// event, then destroys it. Trials alternate between the two, so both see the same machine load.
-// Trials alternate in ABBA order (node first on even trials, bare first on odd ones), and each start waits
-// a moment after the previous guest's destroy, so neither side inherits the other's clean-up. A TCG boot's
-// start time varies by ±100 ms from trial to trial; the figure is the difference of the two medians.
+// event, then destroys it. Trials alternate between the two in ABBA order (node first on even trials,
+// bare first on odd ones), so both see the same machine load, and each start waits a moment after the
+// previous guest's destroy, so neither side inherits the other's clean-up.
+// A start's libvirt part varies by ±150 ms here (TCG on two cores) and swamps a difference of a few ms
+// between two end-to-end medians, so the overhead is taken apart around what libvirt does:
+//  - head: the hub's publish to the moment libvirtd creates the domain's pid file (inotify on its run
+//    directory), against the same span from a bare virDomainCreate call: libvirtd's work before it
+//    forks QEMU is short and steady, so the difference of the medians is what outrider adds before
+//    libvirt starts;
+//  - tail: the STARTED lifecycle event as the bench's own libvirt connection sees it, to the running
+//    NodeEvent at the hub: vmm, the agent and the broker passing the event on.
+// The end-to-end medians are printed next to them.
 // Also: outrider-vmm's VmRSS after an apply of 10 small defined-but-stopped VMs, next to the VmRSS of
 // the smallest client doing vmm's libvirt calls (bench_libvirt_client_floor, run in the same run): the
 // libvirt client library and the ~55 libraries it loads are most of vmm's resident memory.
 //
-// Usage: bench_guest_start_vm [TRIALS]   (default 10)
+// Usage: bench_guest_start_vm [TRIALS]   (default 12)
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+#include <poll.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,8 +35,10 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -34,6 +46,7 @@
 
 #include "outrider/common/c_handle.hpp"
 #include "outrider/common/topics.hpp"
+#include "outrider/common/unique_fd.hpp"
 #include "outrider/ctl/command_client.hpp"
 #include "outrider/ctl/hub_client.hpp"
 #include "support/libvirt_fixture.hpp"
@@ -195,6 +208,64 @@ std::string bareDomainXml(const test::LibvirtFixture& f, const std::string& name
   return x.str();
 }
 
+/// When libvirtd creates a domain's pid file in its run directory (for qemu:///system,
+/// /run/libvirt/qemu/NAME.pid): the moment it forks QEMU. An inotify watch read on a thread of its own.
+class PidFileWatch {
+ public:
+  explicit PidFileWatch(const std::filesystem::path& dir) {
+    fd_.reset(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
+    if (!fd_ || ::inotify_add_watch(fd_.get(), dir.c_str(), IN_CREATE | IN_MOVED_TO) < 0) {
+      problem_ = "inotify on " + dir.string() + ": " + std::strerror(errno);
+      return;
+    }
+    thread_ = std::thread([this] { run(); });
+  }
+  ~PidFileWatch() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  PidFileWatch(const PidFileWatch&) = delete;
+  PidFileWatch& operator=(const PidFileWatch&) = delete;
+
+  const std::string& problem() const { return problem_; }
+  void reset() {
+    std::lock_guard lk(mu_);
+    created_.clear();
+  }
+  std::optional<Steady::time_point> created(const std::string& domain) {
+    std::lock_guard lk(mu_);
+    auto it = created_.find(domain + ".pid");
+    if (it == created_.end()) return std::nullopt;
+    return it->second;
+  }
+
+ private:
+  void run() {
+    alignas(inotify_event) char buf[4096];
+    while (!stop_) {
+      pollfd p{fd_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      ssize_t n = ::read(fd_.get(), buf, sizeof buf);
+      auto now = Steady::now();
+      for (ssize_t off = 0; n > 0 && off < n;) {
+        const auto* e = reinterpret_cast<const inotify_event*>(buf + off);
+        if (e->len > 0) {
+          std::lock_guard lk(mu_);
+          created_.emplace(e->name, now);
+        }
+        off += static_cast<ssize_t>(sizeof(inotify_event) + e->len);
+      }
+    }
+  }
+
+  std::string problem_;
+  UniqueFd fd_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::mutex mu_;
+  std::map<std::string, Steady::time_point> created_;
+};
+
 /// libvirt's default event loop on a thread of its own, and the time of the last STARTED event.
 struct LifecycleWatch {
   std::mutex mu;
@@ -253,6 +324,8 @@ class BareLibvirt {
   }
   ~BareLibvirt() {
     if (cb_ >= 0) virConnectDomainEventDeregisterAny(conn_.get(), cb_);
+    if (nodeCb_ >= 0) virConnectDomainEventDeregisterAny(conn_.get(), nodeCb_);
+    nodeDom_.reset();
     if (dom_) {
       if (virDomainIsActive(dom_.get()) == 1) virDomainDestroy(dom_.get());
       virDomainUndefine(dom_.get());
@@ -268,8 +341,24 @@ class BareLibvirt {
 
   const std::string& problem() const { return problem_; }
 
-  /// One start: ms from the virDomainCreate call to the STARTED event; the domain is destroyed after.
-  std::optional<double> startOnce() {
+  /// Also watch the lifecycle events of the node's domain `name` (defined by vmm), on this connection.
+  bool watchNode(const std::string& name) {
+    if (!problem_.empty()) return false;
+    nodeDom_.reset(virDomainLookupByName(conn_.get(), name.c_str()));
+    if (!nodeDom_) return problem_ = "virDomainLookupByName " + name + ": " + lastVirError(), false;
+    nodeCb_ = virConnectDomainEventRegisterAny(conn_.get(), nodeDom_.get(), VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                               VIR_DOMAIN_EVENT_CALLBACK(LifecycleWatch::onLifecycle), &nodeWatch_,
+                                               nullptr);
+    if (nodeCb_ < 0) return problem_ = "virConnectDomainEventRegisterAny: " + lastVirError(), false;
+    return true;
+  }
+  LifecycleWatch& nodeWatch() { return nodeWatch_; }
+
+  struct Start {
+    Steady::time_point call, started;
+  };
+  /// One start: the virDomainCreate call and the STARTED event; the domain is destroyed after.
+  std::optional<Start> startOnce() {
     if (!problem_.empty()) return std::nullopt;
     watch_.reset();
     auto t0 = Steady::now();
@@ -286,7 +375,7 @@ class BareLibvirt {
       problem_ = "virDomainDestroy: " + lastVirError();
       return std::nullopt;
     }
-    return ms(*t1 - t0);
+    return Start{t0, *t1};
   }
 
  private:
@@ -298,12 +387,15 @@ class BareLibvirt {
   VirDomain dom_;
   LifecycleWatch watch_;
   int cb_ = -1;
+  VirDomain nodeDom_;
+  LifecycleWatch nodeWatch_;
+  int nodeCb_ = -1;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int trials = argc > 1 ? std::max(1, std::atoi(argv[1])) : 10;
+  const int trials = argc > 1 ? std::max(1, std::atoi(argv[1])) : 12;
   test::LibvirtFixture f;
   if (!f.problem().empty()) {
     std::fprintf(stderr, "bench: %s\n", f.problem().c_str());
@@ -381,20 +473,31 @@ int main(int argc, char** argv) {
 
   // ---- trials, alternating between the node and bare libvirt, so both see the same machine load
   BareLibvirt baseline(f, bare, node / "bare.console.log");
-  if (!baseline.problem().empty()) return fail("baseline: " + baseline.problem());
-  std::vector<double> viaNode, bareMs;
+  if (!baseline.problem().empty() || !baseline.watchNode(vm)) return fail("baseline: " + baseline.problem());
+  PidFileWatch pids("/run/libvirt/qemu");  // libvirtd's run directory for qemu:///system
+  if (!pids.problem().empty()) return fail(pids.problem());
+  // Per trial, in ms. Node: publish -> running event at the hub (end to end), publish -> pid file (head),
+  // STARTED on the bench's connection -> running event at the hub (tail). Bare: virDomainCreate ->
+  // STARTED (end to end), virDomainCreate -> pid file (head).
+  std::vector<double> viaNode, nodeHead, nodeTail, bareMs, bareHead;
   // libvirtd tears the last guest down (QEMU exit, cgroup and log clean-up) after destroy returns.
   auto settle = [] { std::this_thread::sleep_for(300ms); };
   auto bareTrial = [&]() -> bool {
     settle();
+    pids.reset();
     auto b = baseline.startOnce();
     if (!b) return false;
-    bareMs.push_back(*b);
+    auto pid = pids.created(bare);
+    if (!pid) return fail("baseline: no pid file for " + bare + " in /run/libvirt/qemu"), false;
+    bareMs.push_back(ms(b->started - b->call));
+    bareHead.push_back(ms(*pid - b->call));
     return true;
   };
   for (int i = 0; i < trials; ++i) {
     if (i % 2 == 1 && !bareTrial()) return fail("baseline: " + baseline.problem());
     settle();
+    pids.reset();
+    baseline.nodeWatch().reset();
     std::optional<Steady::time_point> running;
     auto watch = [&](const ctl::Message& m) {
       if (!running && isVmEvent(m, vm, "running")) running = m.receivedAt;
@@ -407,7 +510,12 @@ int main(int argc, char** argv) {
       if (!m) return fail("no vm.state running event within 30 s of the start reply");
       running = m->receivedAt;
     }
+    auto pid = pids.created(vm);
+    auto started = baseline.nodeWatch().waitStarted(5s);
+    if (!pid || !started) return fail("no pid file or no STARTED event seen for " + vm);
     viaNode.push_back(ms(*running - t0));
+    nodeHead.push_back(ms(*pid - t0));
+    nodeTail.push_back(ms(*running - *started));
     // Stop: ACPI first, destroyed after 1 s (the guest may still be booting).
     auto s = vmOp(v1::VmCommand::STOP, vm, 1, {}, nullptr);
     if (!s || s->kind() != v1::CommandReply::SUCCEEDED) return fail("vm stop: " + replyText(s));
@@ -436,20 +544,29 @@ int main(int argc, char** argv) {
   if (auto r = apply(++version, {}); !r || r->kind() != v1::CommandReply::SUCCEEDED)
     return fail("apply of the empty manifest: " + replyText(r));
 
-  double nodeMed = median(viaNode), bareMed = median(bareMs);
-  double overhead = nodeMed - bareMed;
+  const double nodeMed = median(viaNode), bareMed = median(bareMs);
+  const double head = median(nodeHead) - median(bareHead), tail = median(nodeTail);
+  const double overhead = head + tail;
   std::printf("guest_start_vm: %d trials, tiny guest under TCG (direct kernel boot, 128 MiB, 1 vCPU)\n", trials);
   std::printf("  via the node (signed vm start published -> vm.state running event at the hub), ms: %s\n",
               fmtList(viaNode).c_str());
   std::printf("  bare libvirt (virDomainCreate call -> VIR_DOMAIN_EVENT_STARTED), ms:              %s\n",
               fmtList(bareMs).c_str());
-  std::printf("  median via the node %.1f ms, bare %.1f ms, overhead %.1f ms\n", nodeMed, bareMed, overhead);
+  std::printf("  end to end: median via the node %.1f ms, bare %.1f ms (difference %.1f ms: libvirt's own spread)\n",
+              nodeMed, bareMed, nodeMed - bareMed);
+  std::printf("  head, to libvirtd's pid file: via the node %s; bare %s ms\n", fmtList(nodeHead).c_str(),
+              fmtList(bareHead).c_str());
+  std::printf("  tail, STARTED -> running event at the hub, ms: %s\n", fmtList(nodeTail).c_str());
+  std::printf("  overhead: head %.1f ms (median %.1f - %.1f) + tail %.1f ms = %.1f ms\n", head, median(nodeHead),
+              median(bareHead), tail, overhead);
   std::printf("  outrider-vmm VmRSS: %ld KiB with 1 defined VM (before the trials), %ld KiB with 10 defined, stopped VMs\n",
               rssOne, rss);
   std::printf("  a minimal libvirt client (connect, keepalive, lifecycle events, read all domains) VmRSS: %ld KiB;\n"
               "  vmm above it: %ld KiB\n",
               floorKib, rss - floorKib);
   result("vm_start_ms", nodeMed, "ms", bareMed, "report", true);
+  result("vm_start_head_ms", median(nodeHead), "ms", median(bareHead), "report", true);
+  result("vm_start_tail_ms", tail, "ms", 0, "report", true);
   result("vm_overhead_ms", overhead, "ms", 0, "<=50ms", overhead <= 50);
   result("vmm_rss_10_guests_kib", static_cast<double>(rss), "KiB", static_cast<double>(floorKib), "<=10240KiB",
          rss > 0 && rss <= 10240);
