@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <map>
 
@@ -11,21 +12,52 @@ namespace {
 
 constexpr unsigned kSlotChunkLog2 = 10;  // 1024 slots per chunk
 constexpr unsigned kKeyChunkLog2 = 16;   // 64 KiB of key bytes per chunk
+constexpr std::uint32_t kNoHint = ~std::uint32_t{0};  // find(): no slot to try first
 
-std::uint64_t hashBytes(std::string_view s) {
-  std::uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size();
+std::uint64_t load64(const char* p) {
+  std::uint64_t w;
+  std::memcpy(&w, p, 8);
+  return w;
+}
+
+std::uint32_t load32(const char* p) {
+  std::uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+/// Whether n bytes at a and b are equal. Keys are tens of bytes: word compares inline beat a memcmp call.
+bool sameBytes(const char* a, const char* b, std::size_t n) {
+  if (n >= 8) {
+    const char* const lastA = a + n - 8;
+    for (; a < lastA; a += 8, b += 8)
+      if (load64(a) != load64(b)) return false;
+    return load64(lastA) == load64(b + (lastA - a));
+  }
+  if (n >= 4) return load32(a) == load32(b) && load32(a + n - 4) == load32(b + n - 4);
+  for (std::size_t i = 0; i < n; ++i)
+    if (a[i] != b[i]) return false;
+  return true;
+}
+
+std::uint64_t hashBytes(std::string_view s, std::uint64_t seed = 0) {
+  std::uint64_t h = 0x9E3779B97F4A7C15ull ^ s.size() ^ (seed << 48);
   const char* p = s.data();
   std::size_t n = s.size();
-  while (n >= 8) {
-    std::uint64_t w;
-    std::memcpy(&w, p, 8);
-    h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 29;
-    p += 8;
-    n -= 8;
-  }
+  // The tail is read with fixed-size loads (a memcpy of a variable size is a call).
   std::uint64_t w = 0;
-  std::memcpy(&w, p, n);
+  if (n > 8) {
+    for (; n > 8; p += 8, n -= 8) {
+      h = (h ^ load64(p)) * 0xBF58476D1CE4E5B9ull;
+      h ^= h >> 29;
+    }
+    w = load64(p + n - 8);  // the last 8 bytes, overlapping some already mixed in
+  } else if (n >= 4) {
+    w = load32(p) | std::uint64_t{load32(p + n - 4)} << 32;
+  } else if (n > 0) {
+    w = static_cast<unsigned char>(p[0]) | static_cast<unsigned>(static_cast<unsigned char>(p[n / 2])) << 8 |
+        static_cast<unsigned>(static_cast<unsigned char>(p[n - 1])) << 16;
+  }
   h = (h ^ w) * 0x94D049BB133111EBull;
   h ^= h >> 32;
   h *= 0xBF58476D1CE4E5B9ull;
@@ -44,6 +76,20 @@ std::size_t findUnescaped(std::string_view s, std::size_t from, char c) {
   return std::string_view::npos;
 }
 
+/// Tag keys in order (equal keys allowed), as `a.key < b.key` sorts them; compares inline, since tag
+/// keys mostly differ in their first byte.
+bool tagsSorted(const std::vector<LineTag>& tags) {
+  for (std::size_t i = 1; i < tags.size(); ++i) {
+    const std::string_view a = tags[i - 1].key, b = tags[i].key;
+    const std::size_t n = std::min(a.size(), b.size());
+    std::size_t j = 0;
+    while (j < n && a[j] == b[j]) ++j;
+    const bool less = j < n ? static_cast<unsigned char>(b[j]) < static_cast<unsigned char>(a[j]) : b.size() < a.size();
+    if (less) return false;
+  }
+  return true;
+}
+
 /// A series' hash: the prefix (stream, measurement, tags) hashed once per line, then each field key.
 std::uint64_t seriesHash(std::uint64_t prefixHash, std::string_view field) {
   std::uint64_t h = hashBytes(field) ^ (prefixHash * 0x9E3779B97F4A7C15ull);
@@ -53,9 +99,20 @@ std::uint64_t seriesHash(std::uint64_t prefixHash, std::string_view field) {
 
 }  // namespace
 
+/// A series key in its parts. It is stored as one string, stream digit + head + ' ' + field (closeWindow
+/// splits it back into names), but looked up by parts: a line whose tags are already in order uses its
+/// own bytes as the head, so most lines copy nothing to find their series.
+struct Aggregator::Key {
+  char stream;
+  std::string_view head;   // escaped measurement and tags, tags sorted by key: "m,a=1,b=2"
+  std::string_view field;  // escaped
+  std::size_t size() const { return head.size() + field.size() + 2; }
+};
+
 struct Aggregator::Slot {
   std::uint32_t keyOff;
   std::uint16_t keyLen;
+  std::uint8_t sameHead;  // created for the same line as the slot before it: same stream and head
   std::uint32_t hash32;
   std::uint32_t count;
   double sum, min, max, last;
@@ -63,6 +120,7 @@ struct Aggregator::Slot {
 };
 
 Aggregator::Aggregator(AggregatorLimits limits) : limits_(limits), mapping_(limits.relativeAccuracy) {
+  static_assert(sizeof(Slot) <= 80, "most of the memory per series");
   limits_.maxBuckets = std::clamp<std::size_t>(limits_.maxBuckets, 16, std::size_t{1} << BucketPool::kMaxLog2);
   limits_.maxKeyBytes = std::min<std::size_t>(limits_.maxKeyBytes, 60'000);
   index_.assign(64, 0);
@@ -70,21 +128,26 @@ Aggregator::Aggregator(AggregatorLimits limits) : limits_(limits), mapping_(limi
 
 Aggregator::~Aggregator() = default;
 
-Aggregator::Slot& Aggregator::slot(std::uint32_t i) {
+// Defined inline: under -fPIC, GCC does not inline a non-inline function that could be interposed.
+inline Aggregator::Slot& Aggregator::slot(std::uint32_t i) {
   return slots_[i >> kSlotChunkLog2][i & ((1u << kSlotChunkLog2) - 1)];
 }
 
-std::string_view Aggregator::keyAt(const Slot& s) const {
+inline std::string_view Aggregator::keyAt(const Slot& s) const {
   return {keys_[s.keyOff >> kKeyChunkLog2].get() + (s.keyOff & ((1u << kKeyChunkLog2) - 1)), s.keyLen};
 }
 
-std::uint32_t Aggregator::storeKey(std::string_view key) {
+std::uint32_t Aggregator::storeKey(const Key& key) {
   if (keys_.empty() || keysUsed_ + key.size() > (1u << kKeyChunkLog2)) {
     keys_.push_back(std::make_unique<char[]>(std::size_t{1} << kKeyChunkLog2));
     keysUsed_ = 0;
   }
   const auto off = (static_cast<std::uint32_t>(keys_.size() - 1) << kKeyChunkLog2) + keysUsed_;
-  std::memcpy(keys_.back().get() + keysUsed_, key.data(), key.size());
+  char* p = keys_.back().get() + keysUsed_;
+  p[0] = key.stream;
+  std::memcpy(p + 1, key.head.data(), key.head.size());
+  p[1 + key.head.size()] = ' ';
+  std::memcpy(p + 2 + key.head.size(), key.field.data(), key.field.size());
   keysUsed_ += static_cast<std::uint32_t>(key.size());
   return off;
 }
@@ -100,21 +163,42 @@ void Aggregator::grow() {
   index_ = std::move(next);
 }
 
-Aggregator::Slot* Aggregator::find(std::string_view key, std::uint64_t hash, bool create, bool& overCap) {
-  overCap = false;
+/// The slot of `key`: found, or created when `create` and under the cap, else nullptr. `hint` is a slot
+/// number to try before the index, and is set to the one after the slot returned: a line's fields were
+/// mostly created one after another, so the next field's slot is usually the next one, and it is next to
+/// this one in memory (slot and key), where the index would cost a cache miss or two.
+Aggregator::Slot* Aggregator::find(const Key& key, std::uint64_t hash, bool create, std::uint32_t& hint) {
   const auto h32 = static_cast<std::uint32_t>(hash);
+  const std::size_t hs = key.head.size();
+  auto matches = [&](const Slot& s) {
+    if (s.hash32 != h32 || s.keyLen != key.size()) return false;
+    const char* k = keyAt(s).data();
+    return k[0] == key.stream && k[1 + hs] == ' ' && sameBytes(k + 1, key.head.data(), hs) &&
+           sameBytes(k + 2 + hs, key.field.data(), key.field.size());
+  };
+  if (hint < size_) {
+    // The slot before this one matched the line's previous field: when this one was created for the
+    // same line, its stream and head are the line's too, and only the field needs comparing.
+    Slot& s = slot(hint);
+    const bool match = s.sameHead ? s.hash32 == h32 && s.keyLen == key.size() &&
+                                        sameBytes(keyAt(s).data() + 2 + hs, key.field.data(), key.field.size())
+                                  : matches(s);
+    if (match) {
+      ++hint;
+      return &s;
+    }
+  }
   std::size_t mask = index_.size() - 1;
   std::size_t pos = h32 & mask;
   while (std::uint32_t e = index_[pos]) {
     Slot& s = slot(e - 1);
-    if (s.hash32 == h32 && keyAt(s) == key) return &s;
+    if (matches(s)) {
+      hint = e;
+      return &s;
+    }
     pos = (pos + 1) & mask;
   }
-  if (!create) return nullptr;
-  if (size_ >= limits_.maxSeries) {
-    overCap = true;
-    return nullptr;
-  }
+  if (!create || size_ >= limits_.maxSeries) return nullptr;
   if ((size_ + 1) * 2 > index_.size()) {
     grow();
     mask = index_.size() - 1;
@@ -127,43 +211,44 @@ Aggregator::Slot* Aggregator::find(std::string_view key, std::uint64_t hash, boo
   s = Slot{};
   s.keyOff = storeKey(key);
   s.keyLen = static_cast<std::uint16_t>(key.size());
+  s.sameHead = hint == n;  // the line's previous field is in slot n - 1
   s.hash32 = h32;
   s.min = std::numeric_limits<double>::infinity();
   s.max = -std::numeric_limits<double>::infinity();
   index_[pos] = n + 1;
   ++size_;
+  hint = n + 1;
   return &s;
 }
 
-void Aggregator::addValue(std::string_view key, std::uint64_t hash, double v) {
-  bool overCap;
-  Slot* s = find(key, hash, true, overCap);
+/// Add a value to its series; `bucket` is CompactSketch::bucketOf(v).
+inline void Aggregator::update(Slot& s, double v, std::int32_t bucket) {
+  ++s.count;
+  s.sum += v;
+  if (v < s.min) s.min = v;
+  if (v > s.max) s.max = v;
+  s.last = v;
+  s.sketch.add(v, bucket, pool_, limits_.maxBuckets);
+  ++counters_.samples;
+}
+
+void Aggregator::addValue(const Key& key, std::uint64_t hash, double v, std::uint32_t& hint) {
+  Slot* s = find(key, hash, true, hint);
   if (!s) {
     ++counters_.overCapSamples;
     return;
   }
-  ++s->count;
-  s->sum += v;
-  if (v < s->min) s->min = v;
-  if (v > s->max) s->max = v;
-  s->last = v;
-  s->sketch.add(v, mapping_, pool_, limits_.maxBuckets);
-  ++counters_.samples;
+  update(*s, v, CompactSketch::bucketOf(v, mapping_));
 }
 
-bool Aggregator::isNumericSeries(std::string_view key, std::uint64_t hash) {
-  bool overCap;
-  return find(key, hash, false, overCap) != nullptr;
+bool Aggregator::isNumericSeries(const Key& key, std::uint64_t hash, std::uint32_t& hint) {
+  return find(key, hash, false, hint) != nullptr;
 }
 
-void Aggregator::buildPrefix(v1::TelemetryStream stream, std::string_view measurement,
-                             const std::vector<LineTag>& tags) {
+std::string_view Aggregator::buildHead(std::string_view measurement, const std::vector<LineTag>& tags, bool sorted) {
   key_.clear();
-  key_.push_back(static_cast<char>('0' + static_cast<int>(stream)));
   key_.append(measurement);
   const std::vector<LineTag>* t = &tags;
-  bool sorted = true;
-  for (std::size_t i = 1; i < tags.size() && sorted; ++i) sorted = !(tags[i].key < tags[i - 1].key);
   if (!sorted) {
     sorted_ = tags;
     std::sort(sorted_.begin(), sorted_.end(), [](const LineTag& a, const LineTag& b) { return a.key < b.key; });
@@ -175,26 +260,53 @@ void Aggregator::buildPrefix(v1::TelemetryStream stream, std::string_view measur
     key_.push_back('=');
     key_.append(tag.value);
   }
-  key_.push_back(' ');
+  return key_;
 }
 
-void Aggregator::addLine(const ParsedLine& line, v1::TelemetryStream stream) {
-  buildPrefix(stream, line.measurement, line.tags);
-  const std::size_t prefix = key_.size();
+void Aggregator::addLine(const ParsedLine& line, v1::TelemetryStream stream) { addFields(line, stream, false); }
+
+void Aggregator::addFields(const ParsedLine& line, v1::TelemetryStream stream, bool contiguous) {
+  // `contiguous`: the names are views into one line as parseLine leaves them, measurement then
+  // ",key=value" per tag, so with the tags in order that stretch of the line is the head itself.
+  std::string_view head;
+  const bool sorted = tagsSorted(line.tags);
+  if (contiguous && sorted) {
+    const std::string_view last = line.tags.empty() ? line.measurement : line.tags.back().value;
+    head = {line.measurement.data(), static_cast<std::size_t>(last.data() + last.size() - line.measurement.data())};
+  } else {
+    head = buildHead(line.measurement, line.tags, sorted);
+  }
   std::size_t longest = 0;
   for (const auto& f : line.fields) longest = std::max(longest, f.key.size());
-  if (prefix + longest > limits_.maxKeyBytes) {
+  if (head.size() + 2 + longest > limits_.maxKeyBytes) {
     ++counters_.malformedLines;
     return;
   }
   ++counters_.lines;
-  const std::uint64_t ph = hashBytes(key_);
+  const char streamDigit = static_cast<char>('0' + static_cast<int>(stream));
+  const std::uint64_t ph = hashBytes(head, static_cast<unsigned char>(streamDigit));
+  // Two passes: find (or create) the series of every field, in order, and prefetch the sketch count each
+  // value will increment; then update them, in order. The counts are mostly not in cache (the sketches
+  // of a few thousand series are megabytes), and this way their misses overlap instead of coming one
+  // after another. Nothing else changes: a series is created at the same point, as lookups do not
+  // depend on what updates do, and the updates come in the same order.
+  struct Pending {
+    Slot* slot;
+    double value;
+    std::int32_t bucket;
+  };
+  Pending pending[16];
+  std::size_t n = 0;
+  auto flush = [&] {
+    for (std::size_t j = 0; j < n; ++j) update(*pending[j].slot, pending[j].value, pending[j].bucket);
+    n = 0;
+  };
+  std::uint32_t hint = kNoHint;
   for (const auto& f : line.fields) {
-    key_.resize(prefix);
-    key_.append(f.key);
+    const Key key{streamDigit, head, f.key};
     const std::uint64_t h = seriesHash(ph, f.key);
     if (f.type == FieldType::String || f.type == FieldType::Boolean) {
-      if (isNumericSeries(key_, h))
+      if (isNumericSeries(key, h, hint))
         ++counters_.typeConflicts;
       else
         ++counters_.nonNumeric;
@@ -204,8 +316,17 @@ void Aggregator::addLine(const ParsedLine& line, v1::TelemetryStream stream) {
       ++counters_.nanOrInf;
       continue;
     }
-    addValue(key_, h, f.value);
+    Slot* s = find(key, h, true, hint);
+    if (!s) {
+      ++counters_.overCapSamples;
+      continue;
+    }
+    const std::int32_t bucket = CompactSketch::bucketOf(f.value, mapping_);
+    s->sketch.prefetch(f.value, bucket, pool_);
+    pending[n++] = {s, f.value, bucket};
+    if (n == std::size(pending)) flush();
   }
+  flush();
 }
 
 void Aggregator::ingest(std::string_view buffer, v1::TelemetryStream stream) {
@@ -214,7 +335,7 @@ void Aggregator::ingest(std::string_view buffer, v1::TelemetryStream stream) {
       ++counters_.malformedLines;
       return;
     }
-    addLine(line_, stream);
+    addFields(line_, stream, true);
   });
 }
 
@@ -224,7 +345,6 @@ void Aggregator::add(const Sample& s) {
     return;
   }
   key_.clear();
-  key_.push_back(static_cast<char>('0' + static_cast<int>(s.stream)));
   appendEscaped(key_, s.measurement, true);
   auto tags = s.tags;
   std::sort(tags.begin(), tags.end());
@@ -234,15 +354,17 @@ void Aggregator::add(const Sample& s) {
     key_.push_back('=');
     appendEscaped(key_, v, false);
   }
-  key_.push_back(' ');
-  const std::size_t prefix = key_.size();
+  const std::size_t headLen = key_.size();
   appendEscaped(key_, s.field, false);
-  if (s.measurement.empty() || s.field.empty() || key_.size() > limits_.maxKeyBytes) {
+  if (s.measurement.empty() || s.field.empty() || key_.size() + 2 > limits_.maxKeyBytes) {
     ++counters_.malformedLines;
     return;
   }
   const std::string_view k(key_);
-  addValue(k, seriesHash(hashBytes(k.substr(0, prefix)), k.substr(prefix)), s.value);
+  const char streamDigit = static_cast<char>('0' + static_cast<int>(s.stream));
+  const Key key{streamDigit, k.substr(0, headLen), k.substr(headLen)};
+  std::uint32_t hint = kNoHint;
+  addValue(key, seriesHash(hashBytes(key.head, static_cast<unsigned char>(streamDigit)), key.field), s.value, hint);
 }
 
 std::uint64_t Aggregator::closeWindow(v1::TelemetryWindow& out) {

@@ -12,10 +12,6 @@ SketchMapping::SketchMapping(double relativeAccuracy)
       invLogGamma_(1.0 / std::log(gamma_)),
       logGamma_(std::log(gamma_)) {}
 
-std::int32_t SketchMapping::index(double v) const {
-  return static_cast<std::int32_t>(std::ceil(std::log(v) * invLogGamma_));
-}
-
 double SketchMapping::value(std::int32_t i) const {
   return 2.0 * std::exp(static_cast<double>(i) * logGamma_) / (gamma_ + 1.0);
 }
@@ -230,15 +226,6 @@ void CompactStore::exportTo(BucketStore& out, BucketPool& pool) const {
   while (last > first && c[last] == 0) --last;
   if (first == cap) return;
   out.assign(offset + static_cast<std::int32_t>(first), std::vector<std::uint64_t>(c + first, c + last + 1));
-}
-
-void CompactSketch::add(double v, const SketchMapping& m, BucketPool& pool, std::size_t maxBuckets) {
-  if (v >= kMinIndexable)
-    pos.add(m.index(v), pool, maxBuckets);
-  else if (v <= -kMinIndexable)
-    neg.add(m.index(-v), pool, maxBuckets);
-  else
-    ++zero;
 }
 
 DDSketch CompactSketch::toSketch(const SketchMapping& m, BucketPool& pool, std::size_t maxBuckets) const {

@@ -1,12 +1,15 @@
 // Aggregation per series: exact count/sum/min/max/last, series identity (sorted tags, streams), the
 // series cap and its counters, bad input (garbage, 64 KiB lines, 100,000 series, NaN/inf, type
-// conflicts), and rollups that keep count, sum, min and max exact.
+// conflicts), rollups that keep count, sum, min and max exact, and the series lookup against a plain
+// model of it.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "outrider/agent/telemetry_aggregator.hpp"
 
@@ -236,4 +239,267 @@ TEST_CASE("rollups keep count, sum, min and max exact and merge sketches") {
     CHECK_FALSE(s.has_sketch());
     CHECK(s.count() == all.at(s.tags(0).value()).size());
   }
+}
+
+// ---- The series lookup against a plain model ----
+// The aggregator finds a series by parts (the line's own bytes when its tags are in order), tries the
+// slot after the previous field's first, and compares only the field when that slot was created for the
+// same line. The model below does what the aggregator is specified to do the plain way, one std::map
+// keyed by the whole series key; on random traffic both must give the same windows and counters.
+
+namespace {
+
+class Model {
+ public:
+  explicit Model(AggregatorLimits limits)
+      : limits_(limits), mapping_(limits.relativeAccuracy),
+        maxBuckets_(std::clamp<std::size_t>(limits.maxBuckets, 16, std::size_t{1} << BucketPool::kMaxLog2)) {}
+
+  void ingest(std::string_view buffer, outrider::v1::TelemetryStream stream) {
+    forEachLine(buffer, [&](std::string_view line) {
+      ParsedLine p;
+      if (parseLine(line, p) != nullptr) {
+        ++counters.malformedLines;
+        return;
+      }
+      addLine(p, stream);
+    });
+  }
+
+  void addLine(const ParsedLine& p, outrider::v1::TelemetryStream stream) {
+    auto tags = p.tags;
+    auto less = [](const LineTag& a, const LineTag& b) { return a.key < b.key; };
+    if (!std::is_sorted(tags.begin(), tags.end(), less)) std::sort(tags.begin(), tags.end(), less);
+    std::string head(p.measurement);
+    std::vector<std::pair<std::string, std::string>> plainTags;
+    for (const auto& t : tags) {
+      head += "," + std::string(t.key) + "=" + std::string(t.value);
+      plainTags.emplace_back(unescapeName(t.key), unescapeName(t.value));
+    }
+    std::size_t longest = 0;
+    for (const auto& f : p.fields) longest = std::max(longest, f.key.size());
+    if (head.size() + 2 + longest > limits_.maxKeyBytes) {
+      ++counters.malformedLines;
+      return;
+    }
+    ++counters.lines;
+    for (const auto& f : p.fields) {
+      const std::string key = std::to_string(stream) + head + " " + std::string(f.key);
+      if (f.type == FieldType::String || f.type == FieldType::Boolean) {
+        ++(index_.count(key) ? counters.typeConflicts : counters.nonNumeric);
+        continue;
+      }
+      if (!f.numericOk) {
+        ++counters.nanOrInf;
+        continue;
+      }
+      addValue(key, stream, unescapeName(p.measurement), plainTags, unescapeName(f.key), f.value);
+    }
+  }
+
+  void add(const Sample& s) {
+    if (!std::isfinite(s.value)) {
+      ++counters.nanOrInf;
+      return;
+    }
+    std::string head;
+    appendEscaped(head, s.measurement, true);
+    auto tags = s.tags;
+    std::sort(tags.begin(), tags.end());
+    for (const auto& [k, v] : tags) {
+      head += ",";
+      appendEscaped(head, k, false);
+      head += "=";
+      appendEscaped(head, v, false);
+    }
+    std::string field;
+    appendEscaped(field, s.field, false);
+    if (s.measurement.empty() || s.field.empty() || head.size() + field.size() + 2 > limits_.maxKeyBytes) {
+      ++counters.malformedLines;
+      return;
+    }
+    addValue(std::to_string(s.stream) + head + " " + field, s.stream, s.measurement, tags, s.field, s.value);
+  }
+
+  /// Compare with the aggregator's window (and counters), then start a new window.
+  void check(Aggregator& agg) {
+    TelemetryWindow w;
+    const std::uint64_t samples = agg.closeWindow(w);
+    std::uint64_t want = 0;
+    REQUIRE(static_cast<std::size_t>(w.series_size()) == series_.size());
+    for (std::size_t i = 0; i < series_.size(); ++i) {
+      const Series& m = series_[i];
+      const TelemetrySeries& g = w.series(static_cast<int>(i));
+      INFO("series ", i, ": ", m.key);
+      CHECK(g.stream() == m.stream);
+      CHECK(g.measurement() == m.measurement);
+      REQUIRE(static_cast<std::size_t>(g.tags_size()) == m.tags.size());
+      for (std::size_t t = 0; t < m.tags.size(); ++t) {
+        CHECK(g.tags(static_cast<int>(t)).key() == m.tags[t].first);
+        CHECK(g.tags(static_cast<int>(t)).value() == m.tags[t].second);
+      }
+      CHECK(g.field() == m.field);
+      CHECK(g.count() == m.count);
+      CHECK(g.sum() == m.sum);
+      CHECK(g.min() == m.min);
+      CHECK(g.max() == m.max);
+      CHECK(g.last() == m.last);
+      // The same sketch (the pooled form, as the aggregator keeps it), hence the same quantiles.
+      const DDSketch sk = m.sketch.toSketch(mapping_, pool_, maxBuckets_);
+      outrider::v1::TelemetrySketch proto;
+      sk.toProto(proto);
+      CHECK(g.sketch().SerializeAsString() == proto.SerializeAsString());
+      TelemetrySeries q;
+      q.set_min(m.min);
+      q.set_max(m.max);
+      setQuantiles(q, sk);
+      CHECK(g.p50() == q.p50());
+      CHECK(g.p90() == q.p90());
+      CHECK(g.p99() == q.p99());
+      want += m.count;
+    }
+    CHECK(samples == want);
+    const IngestCounters& c = agg.counters();
+    CHECK(c.lines == counters.lines);
+    CHECK(c.malformedLines == counters.malformedLines);
+    CHECK(c.samples == counters.samples);
+    CHECK(c.nanOrInf == counters.nanOrInf);
+    CHECK(c.nonNumeric == counters.nonNumeric);
+    CHECK(c.typeConflicts == counters.typeConflicts);
+    CHECK(c.overCapSamples == counters.overCapSamples);
+    series_.clear();
+    index_.clear();
+    pool_.reset();
+  }
+
+  IngestCounters counters;
+
+ private:
+  struct Series {
+    std::string key;
+    outrider::v1::TelemetryStream stream;
+    std::string measurement;
+    std::vector<std::pair<std::string, std::string>> tags;
+    std::string field;
+    std::uint64_t count = 0;
+    double sum = 0, min = INFINITY, max = -INFINITY, last = 0;
+    CompactSketch sketch;
+  };
+
+  void addValue(const std::string& key, outrider::v1::TelemetryStream stream, std::string measurement,
+                std::vector<std::pair<std::string, std::string>> tags, std::string field, double v) {
+    auto it = index_.find(key);
+    if (it == index_.end()) {
+      if (series_.size() >= limits_.maxSeries) {
+        ++counters.overCapSamples;
+        return;
+      }
+      it = index_.emplace(key, series_.size()).first;
+      Series& n = series_.emplace_back();
+      n.key = key;
+      n.stream = stream;
+      n.measurement = std::move(measurement);
+      n.tags = std::move(tags);
+      n.field = std::move(field);
+    }
+    Series& s = series_[it->second];
+    ++s.count;
+    s.sum += v;
+    s.min = std::min(s.min, v);
+    s.max = std::max(s.max, v);
+    s.last = v;
+    s.sketch.add(v, mapping_, pool_, maxBuckets_);
+    ++counters.samples;
+  }
+
+  AggregatorLimits limits_;
+  SketchMapping mapping_;
+  std::size_t maxBuckets_;
+  BucketPool pool_;
+  std::vector<Series> series_;
+  std::map<std::string, std::size_t> index_;
+};
+
+/// A random line: a few measurements and tag sets (so series repeat), tags in any order, fields in any
+/// subset and order (so a line's series were created apart, or by another line), every value type, now
+/// and then a duplicate field, an escape or a bad line.
+std::string randomLine(std::mt19937_64& rng) {
+  auto pick = [&](const auto& v) { return v[rng() % std::size(v)]; };
+  const char* measurements[] = {"cpu", "mem", "http_requests", "my\\ m", "disk"};
+  const char* tagKeys[] = {"host", "cpu", "zone", "a\\,b", "path"};
+  const char* tagValues[] = {"edge-01", "edge-02", "cpu0", "cpu1", "eu", "/api/v1/items", "x\\ y"};
+  const char* fields[] = {"usage_user", "usage_system", "a", "b", "c", "bytes", "f\\=x"};
+  const char* odd[] = {"nan", "inf", "-inf", "1e500", "\"text\"", "true", "F", "1x", "\"a b,c\""};
+  std::string line = pick(measurements);
+  std::vector<std::string> keys(std::begin(tagKeys), std::end(tagKeys));
+  std::shuffle(keys.begin(), keys.end(), rng);
+  for (unsigned t = rng() % 4; t > 0; --t) line += "," + keys[t] + "=" + pick(tagValues);
+  line += ' ';
+  std::vector<std::string> names(std::begin(fields), std::end(fields));
+  std::shuffle(names.begin(), names.end(), rng);
+  const unsigned n = 1 + rng() % 4;
+  for (unsigned f = 0; f < n; ++f) {
+    if (f) line += ',';
+    line += (rng() % 20 == 0 && f ? names[f - 1] : names[f]) + "=";
+    switch (rng() % 8) {
+      case 0: line += std::to_string(static_cast<long long>(rng() % 20000) - 10000) + "i"; break;
+      case 1: line += std::to_string(rng() % 1'000'000) + "u"; break;
+      case 2: line += rng() % 4 ? std::to_string(std::lognormal_distribution<double>(2, 2)(rng)) : "0"; break;
+      case 3: line += pick(odd); break;
+      default: {
+        char buf[40];
+        std::snprintf(buf, sizeof buf, "%.3f", std::normal_distribution<double>(50, 30)(rng));
+        line += buf;
+      }
+    }
+  }
+  if (rng() % 2) line += " 1700000000000000000";
+  return line;
+}
+
+void checkAgainstModel(AggregatorLimits limits, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  Aggregator agg(limits);
+  Model model(limits);
+  for (int window = 0; window < 4; ++window) {
+    for (int op = 0; op < 1500; ++op) {
+      switch (rng() % 6) {
+        case 0: {  // a line parsed elsewhere, for another stream
+          const std::string line = randomLine(rng);
+          ParsedLine p;
+          if (parseLine(line, p) == nullptr) {
+            agg.addLine(p, outrider::v1::TELEMETRY_STREAM_VM);
+            model.addLine(p, outrider::v1::TELEMETRY_STREAM_VM);
+          }
+          break;
+        }
+        case 1: {  // a sample from a source
+          Sample s;
+          s.stream = rng() % 2 ? outrider::v1::TELEMETRY_STREAM_HOST : outrider::v1::TELEMETRY_STREAM_INGEST;
+          s.measurement = rng() % 2 ? "cpu" : "my m";
+          if (rng() % 2) s.tags = {{"host", "edge-01"}, {rng() % 2 ? "cpu" : "zone", "cpu0"}};
+          s.field = rng() % 2 ? "usage_user" : "a";
+          s.value = rng() % 50 ? static_cast<double>(rng() % 1000) / 8 : NAN;
+          agg.add(s);
+          model.add(s);
+          break;
+        }
+        default: {  // a datagram of lines
+          std::string buf;
+          for (unsigned l = 1 + rng() % 8; l > 0; --l) buf += randomLine(rng) + "\n";
+          agg.ingest(buf);
+          model.ingest(buf, outrider::v1::TELEMETRY_STREAM_INGEST);
+        }
+      }
+    }
+    model.check(agg);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("series lookup by parts agrees with a plain model: windows, order of series, counters") {
+  SUBCASE("default limits") { checkAgainstModel(AggregatorLimits{}, 21); }
+  SUBCASE("a series cap that is reached") { checkAgainstModel(AggregatorLimits{40}, 22); }
+  SUBCASE("a key limit that cuts some lines, few buckets") { checkAgainstModel(AggregatorLimits{10'000, 0.02, 32, 40}, 23); }
 }

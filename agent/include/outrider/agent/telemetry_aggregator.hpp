@@ -70,14 +70,17 @@ class Aggregator {
 
  private:
   struct Slot;
-  void addValue(std::string_view key, std::uint64_t hash, double v);
-  bool isNumericSeries(std::string_view key, std::uint64_t hash);
-  Slot* find(std::string_view key, std::uint64_t hash, bool create, bool& overCap);
+  struct Key;
+  void addFields(const ParsedLine& line, v1::TelemetryStream stream, bool contiguous);
+  void addValue(const Key& key, std::uint64_t hash, double v, std::uint32_t& hint);
+  void update(Slot& s, double v, std::int32_t bucket);
+  bool isNumericSeries(const Key& key, std::uint64_t hash, std::uint32_t& hint);
+  Slot* find(const Key& key, std::uint64_t hash, bool create, std::uint32_t& hint);
   void grow();
-  std::uint32_t storeKey(std::string_view key);
+  std::uint32_t storeKey(const Key& key);
   std::string_view keyAt(const Slot& s) const;
   Slot& slot(std::uint32_t i);
-  void buildPrefix(v1::TelemetryStream stream, std::string_view measurement, const std::vector<LineTag>& tags);
+  std::string_view buildHead(std::string_view measurement, const std::vector<LineTag>& tags, bool sorted);
 
   AggregatorLimits limits_;
   SketchMapping mapping_;

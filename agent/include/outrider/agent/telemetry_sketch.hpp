@@ -10,6 +10,7 @@
 // DDSketch is the general, mergeable form (rollups, merges, the wire form). CompactSketch is the
 // per-series form used while a window aggregates: its buckets live in a shared BucketPool so a series
 // costs a few bytes until it actually has spread-out values.
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -25,8 +26,8 @@ class SketchMapping {
  public:
   explicit SketchMapping(double relativeAccuracy = 0.01);
   double accuracy() const { return accuracy_; }
-  /// Bucket index of a value > 0 (ceil(log_gamma(v))).
-  std::int32_t index(double v) const;
+  /// Bucket index of a value > 0 (ceil(log_gamma(v))). Inline: it runs for every sample.
+  std::int32_t index(double v) const { return static_cast<std::int32_t>(std::ceil(std::log(v) * invLogGamma_)); }
   /// Representative value of bucket i.
   double value(std::int32_t i) const;
 
@@ -113,6 +114,11 @@ struct CompactStore {
     grow(index, pool, maxBuckets);
   }
   void exportTo(BucketStore& out, BucketPool& pool) const;
+  /// Start loading the count that add(index) increments, when it is in the block.
+  void prefetch(std::int32_t index, BucketPool& pool) const {
+    if (allocated && index >= offset && index - offset < (std::int32_t{1} << capLog2))
+      __builtin_prefetch(pool.at(block) + (index - offset), 1);
+  }
 
  private:
   void grow(std::int32_t index, BucketPool& pool, std::size_t maxBuckets);
@@ -122,7 +128,29 @@ struct CompactStore {
 struct CompactSketch {
   CompactStore pos, neg;
   std::uint32_t zero = 0;
-  void add(double v, const SketchMapping& m, BucketPool& pool, std::size_t maxBuckets);
+  void add(double v, const SketchMapping& m, BucketPool& pool, std::size_t maxBuckets) {
+    add(v, bucketOf(v, m), pool, maxBuckets);
+  }
+  // add() in steps (inline: they run for every sample), for a caller that has other work to do while
+  // the count comes into the cache: the bucket index of v (0 for a value counted as zero), a prefetch of
+  // its count, then the add itself.
+  static std::int32_t bucketOf(double v, const SketchMapping& m) {
+    return v >= kMinIndexable ? m.index(v) : v <= -kMinIndexable ? m.index(-v) : 0;
+  }
+  void prefetch(double v, std::int32_t bucket, BucketPool& pool) const {
+    if (v >= kMinIndexable)
+      pos.prefetch(bucket, pool);
+    else if (v <= -kMinIndexable)
+      neg.prefetch(bucket, pool);
+  }
+  void add(double v, std::int32_t bucket, BucketPool& pool, std::size_t maxBuckets) {
+    if (v >= kMinIndexable)
+      pos.add(bucket, pool, maxBuckets);
+    else if (v <= -kMinIndexable)
+      neg.add(bucket, pool, maxBuckets);
+    else
+      ++zero;
+  }
   DDSketch toSketch(const SketchMapping& m, BucketPool& pool, std::size_t maxBuckets) const;
 };
 
