@@ -135,6 +135,16 @@ inline bool readDigits(const char*& p, const char* end, std::uint64_t& m, int& c
   return true;
 }
 
+/// An optional '-' and then 1 to 19 digits from p (left after them); false when there are none or more.
+[[gnu::always_inline]] inline bool readSignedDigits(const char*& p, const char* end, bool& negative, std::uint64_t& m,
+                                                    int& count) {
+  negative = p < end && *p == '-';
+  p += negative;
+  m = 0;
+  count = 0;
+  return readDigits(p, end, m, count) && count > 0;
+}
+
 /// Magnitude `m` (at most 19 digits) with a sign, as an int64; false when it does not fit.
 inline bool toInt64(std::uint64_t m, bool negative, std::int64_t& out) {
   constexpr std::uint64_t kMax = static_cast<std::uint64_t>(INT64_MAX);
@@ -153,11 +163,10 @@ constexpr double kExactPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 [[gnu::always_inline]] inline bool parseNumberFast(std::string_view s, std::size_t i, LineField& f, std::size_t& end) {
   const char* p = s.data() + i;
   const char* const e = s.data() + s.size();
-  const bool negative = p < e && *p == '-';
-  p += negative;
-  std::uint64_t m = 0;
-  int digits = 0;
-  if (!readDigits(p, e, m, digits) || digits == 0) return false;
+  bool negative;
+  std::uint64_t m;
+  int digits;
+  if (!readSignedDigits(p, e, negative, m, digits)) return false;
   const int intDigits = digits;
   if (p < e && (*p == 'i' || *p == 'u')) {
     const bool isInt = *p == 'i';
@@ -210,12 +219,10 @@ constexpr double kExactPow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
 [[gnu::always_inline]] inline bool parseTimestampFast(std::string_view s, std::size_t i, std::int64_t& out, std::size_t& end) {
   const char* p = s.data() + i;
   const char* const e = s.data() + s.size();
-  const bool negative = p < e && *p == '-';
-  p += negative;
-  std::uint64_t m = 0;
-  int digits = 0;
-  if (!readDigits(p, e, m, digits) || digits == 0 || (p < e && *p != ' ') || !toInt64(m, negative, out))
-    return false;
+  bool negative;
+  std::uint64_t m;
+  int digits;
+  if (!readSignedDigits(p, e, negative, m, digits) || (p < e && *p != ' ') || !toInt64(m, negative, out)) return false;
   end = static_cast<std::size_t>(p - s.data());
   return true;
 }
