@@ -110,6 +110,7 @@ Status TelemetryService::start() {
   auto spool = Spool::open(cfg_.spool);
   if (!spool) return spool.error();
   spool_ = std::move(*spool);
+  loadBudgetState();
   if (cfg_.host) {
     HostCollectorOptions o;
     o.procRoot = cfg_.procRoot;
@@ -297,30 +298,142 @@ void TelemetryService::flushWindow() {
   windowStart_ = clock_.nowMs() / cfg_.windowMs * cfg_.windowMs;
   ++c_.windows;
   const v1::TelemetryMode mode = chooseMode(w.ByteSizeLong());
-  auto flushPending = [this] {
-    if (rollupPending_.empty()) return;
-    std::vector<const v1::TelemetryWindow*> in;
-    for (const auto& p : rollupPending_) in.push_back(&p);
-    auto merged = rollupWindows(in, rollupLevel_, cfg_.windowMs);
-    rollupPending_.clear();
-    emit(std::move(merged), mode_);
-  };
   if (mode == v1::TELEMETRY_MODE_FULL) {
-    flushPending();
+    flushRollup();
     mode_ = mode;
     std::vector<v1::TelemetryWindow> one;
     one.push_back(std::move(w));
     emit(std::move(one), mode);
+    saveBudgetState();
     return;
   }
   const auto level = mode == v1::TELEMETRY_MODE_BUDGET_15M ? v1::TELEMETRY_ROLLUP_15M : v1::TELEMETRY_ROLLUP_1H_NO_SKETCH;
-  if (level != rollupLevel_) flushPending();
+  if (level != rollupLevel_) flushRollup();
   if (mode != mode_) LOG_NOTICE("telemetry: daily byte budget pace: mode {}", v1::TelemetryMode_Name(mode));
   rollupLevel_ = level;
   mode_ = mode;
   const std::int64_t end = w.start_ms() + w.duration_ms();
   rollupPending_.push_back(std::move(w));
-  if (end % rollupDurationMs(level, cfg_.windowMs) == 0 || stopping_) flushPending();
+  if (rollupPending_.size() > 1) {
+    // Merged as they come, so what waits (and the state file that keeps it) stays the size of one window.
+    std::vector<const v1::TelemetryWindow*> in;
+    for (const auto& p : rollupPending_) in.push_back(&p);
+    rollupPending_ = rollupWindows(in, rollupLevel_, cfg_.windowMs);
+  }
+  if (end % rollupDurationMs(level, cfg_.windowMs) == 0) flushRollup();
+  // On a stop the rollup being built stays in the state file, and goes on after the restart; only when
+  // that file cannot be written does it go into the spool now.
+  if (!saveBudgetState() && stopping_) {
+    flushRollup();
+    saveBudgetState();
+  }
+}
+
+/// The windows waiting for their rollup, merged, into the spool.
+void TelemetryService::flushRollup() {
+  if (rollupPending_.empty()) return;
+  std::vector<const v1::TelemetryWindow*> in;
+  for (const auto& p : rollupPending_) in.push_back(&p);
+  auto merged = rollupWindows(in, rollupLevel_, cfg_.windowMs);
+  rollupPending_.clear();
+  emit(std::move(merged), mode_);
+}
+
+namespace {
+constexpr std::string_view kBudgetMagic = "outrider-telemetry-budget v1 crc=";
+constexpr std::size_t kBudgetHeader = kBudgetMagic.size() + 9;  // 8 hex digits and "\n"
+constexpr std::size_t kMaxBudgetStateBytes = 64u << 20;
+}  // namespace
+
+std::string encodeBudgetState(const v1::TelemetryBudgetState& state) {
+  const std::string payload = state.SerializeAsString();
+  std::string out = fmt::format("{}{:08x}\n", kBudgetMagic, crc32c(0, payload.data(), payload.size()));
+  out += payload;
+  return out;
+}
+
+Result<v1::TelemetryBudgetState> decodeBudgetState(std::string_view bytes) {
+  if (bytes.size() < kBudgetHeader || bytes.substr(0, kBudgetMagic.size()) != kBudgetMagic ||
+      bytes[kBudgetHeader - 1] != '\n')
+    return Error{"not a telemetry budget state file", EINVAL};
+  std::uint32_t want = 0;
+  for (char c : bytes.substr(kBudgetMagic.size(), 8)) {
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return Error{"not a telemetry budget state file", EINVAL};
+    want = want << 4 | static_cast<std::uint32_t>(d);
+  }
+  const std::string_view payload = bytes.substr(kBudgetHeader);
+  if (crc32c(0, payload.data(), payload.size()) != want) return Error{"checksum mismatch", EINVAL};
+  v1::TelemetryBudgetState s;
+  if (!s.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) return Error{"undecodable state", EINVAL};
+  if (s.day() < 0 || (s.level() != v1::TELEMETRY_ROLLUP_15M && s.level() != v1::TELEMETRY_ROLLUP_1H_NO_SKETCH &&
+                      s.pending_size() > 0))
+    return Error{"bad values in the state", EINVAL};
+  for (const auto& w : s.pending())
+    if (w.rollup() != v1::TELEMETRY_ROLLUP_RAW && w.rollup() != s.level())
+      return Error{"bad values in the state", EINVAL};
+  return s;
+}
+
+/// The day's byte count and the rollup being built, as the last run left them (see state.proto). A file
+/// that cannot be read is logged and set aside: the count starts from zero, and the agent runs on.
+void TelemetryService::loadBudgetState() {
+  const fs::path path = cfg_.spool.dir / "budget";
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return;
+  budgetFile_ = true;
+  auto bytes = readFile(path, kMaxBudgetStateBytes);
+  auto state = bytes ? decodeBudgetState(*bytes) : Result<v1::TelemetryBudgetState>(bytes.error());
+  if (!state) {
+    LOG_WARN("telemetry: {}: {}; the day's byte count starts from zero", path.string(), state.error().message);
+    return;
+  }
+  const std::int64_t today = clock_.nowMs() / kDayMs;
+  if (state->day() == today) {
+    budgetDay_ = today;
+    c_.budgetUsedBytes = state->used_bytes();
+  }
+  if (state->pending_size() == 0) return;
+  // Written after every window: when the spool has taken records since, the rollup was among them.
+  if (state->spool_next_seq() != spool_->nextSeq()) return;
+  rollupLevel_ = state->level();
+  mode_ = rollupLevel_ == v1::TELEMETRY_ROLLUP_15M ? v1::TELEMETRY_MODE_BUDGET_15M : v1::TELEMETRY_MODE_BUDGET_1H;
+  rollupPending_.assign(state->pending().begin(), state->pending().end());
+  LOG_INFO("telemetry: the {} rollup that was being built goes on", v1::TelemetryRollup_Name(rollupLevel_));
+  // A rollup whose period ended while the agent was down goes out now.
+  const std::int64_t len = rollupDurationMs(rollupLevel_, cfg_.windowMs);
+  const std::int64_t now = clock_.nowMs();
+  for (const auto& w : rollupPending_)
+    if (w.start_ms() - ((w.start_ms() % len) + len) % len + len <= now - now % cfg_.windowMs) {
+      flushRollup();
+      break;
+    }
+  saveBudgetState();
+}
+
+/// Rewrite the budget state file; false when it could not be written (logged).
+bool TelemetryService::saveBudgetState() {
+  const fs::path path = cfg_.spool.dir / "budget";
+  if (cfg_.dailyBudgetBytes == 0 && rollupPending_.empty()) {
+    if (budgetFile_) {
+      std::error_code ec;
+      fs::remove(path, ec);
+      budgetFile_ = false;
+    }
+    return true;
+  }
+  v1::TelemetryBudgetState s;
+  s.set_day(budgetDay_ < 0 ? clock_.nowMs() / kDayMs : budgetDay_);
+  s.set_used_bytes(c_.budgetUsedBytes);
+  s.set_level(rollupLevel_);
+  for (const auto& w : rollupPending_) *s.add_pending() = w;
+  s.set_spool_next_seq(spool_->nextSeq());
+  if (auto st = writeFileAtomic(path, encodeBudgetState(s), 0640); !st) {
+    LOG_WARN("telemetry: budget state not saved: {}", st.error().message);
+    return false;
+  }
+  budgetFile_ = true;
+  return true;
 }
 
 void TelemetryService::emit(std::vector<v1::TelemetryWindow> windows, v1::TelemetryMode mode) {

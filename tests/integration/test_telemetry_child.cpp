@@ -2,9 +2,10 @@
 // loopback port (written to PORT_FILE), and a sink that either holds everything ("hold": offline) or
 // records each published batch as "SEQ SAMPLES" lines in OUT_FILE and acknowledges it ("publish").
 // Prints "accepted RECORDS SAMPLES" whenever the spool made more records durable, so a test that kills
-// it with SIGKILL knows what the spool had accepted.
+// it with SIGKILL knows what the spool had accepted. With budget=BYTES (a daily byte budget) it also
+// prints "budget USED" after start and whenever the day's count changes.
 //
-// Usage: test_telemetry_child SPOOL_DIR PORT_FILE hold|publish [OUT_FILE]
+// Usage: test_telemetry_child SPOOL_DIR PORT_FILE hold|publish [OUT_FILE] [budget=BYTES]
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -48,6 +49,11 @@ int main(int argc, char** argv) {
   SystemClock clock;
   ChildSink sink;
   sink.publishMode = std::string(argv[3]) == "publish";
+  std::uint64_t budget = 0;
+  if (std::string last = argv[argc - 1]; last.rfind("budget=", 0) == 0) {
+    budget = std::stoull(last.substr(7));
+    --argc;
+  }
   if (sink.publishMode) {
     if (argc < 5) return 2;
     sink.out = std::fopen(argv[4], "a");
@@ -63,6 +69,7 @@ int main(int argc, char** argv) {
   cfg.spool.reserveBytes = 0;
   cfg.spool.reservePercent = 0;
   cfg.spool.syncEveryRecords = 1;
+  cfg.dailyBudgetBytes = budget;
   TelemetryService svc(io, "child", cfg, sink, clock);
   if (auto st = svc.start(); !st) {
     std::fprintf(stderr, "start: %s\n", st.error().message.c_str());
@@ -75,9 +82,13 @@ int main(int argc, char** argv) {
     io.stop();
   });
   boost::asio::steady_timer report(io);
-  std::uint64_t lastRecords = 0;
+  std::uint64_t lastRecords = 0, lastBudget = ~std::uint64_t{0};
   std::function<void()> tick = [&] {
     auto c = svc.counters();
+    if (budget > 0 && c.budgetUsedBytes != lastBudget) {
+      lastBudget = c.budgetUsedBytes;
+      std::printf("budget %llu\n", static_cast<unsigned long long>(c.budgetUsedBytes));
+    }
     if (c.spool.acceptedRecords != lastRecords) {
       lastRecords = c.spool.acceptedRecords;
       std::printf("accepted %llu %llu\n", static_cast<unsigned long long>(c.spool.acceptedRecords),

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "outrider/agent/telemetry_service.hpp"
+#include "outrider/common/atomic_file.hpp"
 #include "support/process.hpp"
 
 using namespace outrider;
@@ -259,6 +260,223 @@ TEST_CASE("a clean stop puts the partial window in the spool") {
   settle(io);
   REQUIRE(sink.got.size() == 1);
   CHECK(sink.got[0].windows(0).series(0).sum() == 7);
+}
+
+namespace {
+
+/// A budget that puts these windows in 15 min rollups: about 100 windows' worth for the rest of the day.
+struct BudgetRun {
+  boost::asio::io_context& io;
+  FakeClock& clock;
+  std::string line;
+  std::uint64_t budget = 0;
+  BudgetRun(boost::asio::io_context& i, FakeClock& c) : io(i), clock(c) {
+    clock.now = 1'700'006'400'000 / 86'400'000 * 86'400'000 + 12 * 3'600'000;  // noon UTC
+    for (int k = 0; k < 20; ++k) line += "m,k=" + std::to_string(k) + " v=1\n";
+    test::TempDir d("tsvc-w");
+    MemorySink s(io);
+    FakeClock ck = clock;
+    TelemetryService svc(io, "n", config(d / "spool", 0), s, ck);
+    REQUIRE(svc.start());
+    svc.ingest(line);
+    ck.now += 60'000;
+    svc.flushWindow();
+    settle(io);
+    REQUIRE(s.got.size() == 1);
+    budget = s.got[0].ByteSizeLong() * 100;
+  }
+  TelemetryConfig config(const fs::path& spool, std::uint64_t b) const {
+    auto c = baseConfig(spool);
+    c.dailyBudgetBytes = b;
+    return c;
+  }
+  void windows(TelemetryService& svc, int n) {
+    for (int w = 0; w < n; ++w) {
+      svc.ingest(line);
+      clock.now += 60'000;
+      svc.flushWindow();
+      settle(io);
+    }
+  }
+};
+
+std::vector<v1::TelemetryBatch> newBatches(const MemorySink& sink, std::uint64_t after) {
+  std::vector<v1::TelemetryBatch> out;
+  for (const auto& b : sink.got)
+    if (b.seq() > after) out.push_back(b);
+  return out;
+}
+
+/// What a kill -9 leaves: the files as they are, while the service still runs.
+void snapshot(const fs::path& from, const fs::path& to) {
+  fs::copy(from, to, fs::copy_options::recursive);
+}
+
+}  // namespace
+
+TEST_CASE("the day's budget use and the rollup being built survive a kill; the rollup goes on after it") {
+  test::TempDir dir("tsvc");
+  boost::asio::io_context io;
+  FakeClock clock;
+  BudgetRun run(io, clock);
+  std::uint64_t used = 0, lastSeq = 0;
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", run.config(dir / "spool", run.budget), sink, clock);
+    REQUIRE(svc.start());
+    run.windows(svc, 15 + 7);  // one quarter sent, seven windows of the next one waiting
+    REQUIRE(sink.got.size() == 1);
+    CHECK(sink.got[0].mode() == v1::TELEMETRY_MODE_BUDGET_15M);
+    lastSeq = sink.got[0].seq();
+    used = svc.counters().budgetUsedBytes;
+    CHECK(used > 0);
+    snapshot(dir / "spool", dir / "killed");
+  }
+  MemorySink sink(io);
+  TelemetryService svc(io, "n", run.config(dir / "killed", run.budget), sink, clock);
+  REQUIRE(svc.start());
+  CHECK(svc.counters().budgetUsedBytes == used);  // not a fresh day's budget
+  run.windows(svc, 8);
+  // What the hub had acknowledged may come again (the spool's cursor lags its acks; the hub
+  // de-duplicates on seq); after it, one new batch.
+  auto fresh = newBatches(sink, lastSeq);
+  REQUIRE(fresh.size() == 1);
+  CHECK(fresh[0].seq() == lastSeq + 1);
+  REQUIRE(fresh[0].windows_size() == 1);
+  const auto& w = fresh[0].windows(0);
+  CHECK(w.rollup() == v1::TELEMETRY_ROLLUP_15M);
+  CHECK(w.series_size() == 20);
+  for (const auto& s : w.series()) {
+    CHECK(s.count() == 15);  // seven windows from before the kill and eight after, nothing lost or doubled
+    CHECK(s.sum() == 15);
+    CHECK(s.has_sketch());
+  }
+  CHECK(svc.counters().budgetUsedBytes > used);
+}
+
+TEST_CASE("a clean stop keeps the rollup being built for the next run; a new day counts from zero") {
+  test::TempDir dir("tsvc");
+  boost::asio::io_context io;
+  FakeClock clock;
+  BudgetRun run(io, clock);
+  const auto cfg = run.config(dir / "spool", run.budget);
+  std::uint64_t used = 0;
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", cfg, sink, clock);
+    REQUIRE(svc.start());
+    run.windows(svc, 15 + 5);
+    used = svc.counters().budgetUsedBytes;
+    svc.ingest(run.line);  // a partial window: into the rollup at the stop
+    svc.stop();
+    CHECK(sink.got.size() == 1);
+  }
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", cfg, sink, clock);
+    REQUIRE(svc.start());
+    CHECK(svc.counters().budgetUsedBytes == used);
+    run.windows(svc, 10);
+    REQUIRE(sink.got.size() == 1);
+    for (const auto& s : sink.got[0].windows(0).series()) CHECK(s.count() == 16);  // 5 + the partial one + 10
+    run.windows(svc, 3);
+    used = svc.counters().budgetUsedBytes;
+  }
+  // The next day: the count starts again, and the rollup whose quarter ended while the agent was down
+  // is sent at once.
+  clock.now += 86'400'000;
+  MemorySink sink(io);
+  TelemetryService svc(io, "n", cfg, sink, clock);
+  REQUIRE(svc.start());
+  settle(io);
+  REQUIRE(sink.got.size() == 1);
+  for (const auto& s : sink.got[0].windows(0).series()) CHECK(s.count() == 3);
+  CHECK(svc.counters().budgetUsedBytes > 0);
+  CHECK(svc.counters().budgetUsedBytes < used);
+}
+
+TEST_CASE("a rollup already in the spool when the agent died is not taken up again") {
+  test::TempDir dir("tsvc");
+  boost::asio::io_context io;
+  FakeClock clock;
+  BudgetRun run(io, clock);
+  std::uint64_t lastSeq = 0;
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", run.config(dir / "spool", run.budget), sink, clock);
+    REQUIRE(svc.start());
+    run.windows(svc, 15 + 7);
+    REQUIRE(sink.got.size() == 1);
+    lastSeq = sink.got[0].seq();
+    snapshot(dir / "spool", dir / "killed");
+  }
+  // As if the agent died after the spool took the rollup and before the state file was rewritten: the
+  // state says the spool's next seq was lower.
+  auto bytes = readFile(dir / "killed" / "budget");
+  REQUIRE(bytes);
+  auto state = decodeBudgetState(*bytes);
+  REQUIRE(state);
+  REQUIRE(state->pending_size() == 1);
+  REQUIRE(state->spool_next_seq() > 1);
+  state->set_spool_next_seq(state->spool_next_seq() - 1);
+  REQUIRE(writeFileAtomic(dir / "killed" / "budget", encodeBudgetState(*state)));
+  MemorySink sink(io);
+  TelemetryService svc(io, "n", run.config(dir / "killed", run.budget), sink, clock);
+  REQUIRE(svc.start());
+  run.windows(svc, 8);
+  auto fresh = newBatches(sink, lastSeq);
+  REQUIRE(fresh.size() == 1);
+  for (const auto& s : fresh[0].windows(0).series()) CHECK(s.count() == 8);
+}
+
+TEST_CASE("a damaged budget state file is refused by name and set aside; the service runs on") {
+  test::TempDir dir("tsvc");
+  boost::asio::io_context io;
+  FakeClock clock;
+  BudgetRun run(io, clock);
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", run.config(dir / "spool", run.budget), sink, clock);
+    REQUIRE(svc.start());
+    run.windows(svc, 15 + 3);
+  }
+  auto good = readFile(dir / "spool" / "budget");
+  REQUIRE(good);
+  REQUIRE(decodeBudgetState(*good));
+  // Every cut and every flipped byte is caught.
+  for (std::size_t n = 0; n < good->size(); ++n) CHECK_FALSE(decodeBudgetState(std::string_view(*good).substr(0, n)));
+  for (std::size_t i = 0; i < good->size(); ++i) {
+    std::string bad = *good;
+    bad[i] = static_cast<char>(bad[i] ^ 0x20);
+    CHECK_FALSE(decodeBudgetState(bad));
+  }
+  CHECK(decodeBudgetState("garbage").error().message == "not a telemetry budget state file");
+  {
+    v1::TelemetryBudgetState s;
+    s.set_level(v1::TELEMETRY_ROLLUP_RAW);
+    s.add_pending();
+    CHECK(decodeBudgetState(encodeBudgetState(s)).error().message == "bad values in the state");
+  }
+  std::string flipped = *good;
+  flipped.back() = static_cast<char>(flipped.back() ^ 1);
+  for (const std::string& bad : {std::string(), std::string("garbage\n"), flipped, good->substr(0, good->size() / 2)}) {
+    CAPTURE(bad.size());
+    const auto d = dir / ("bad" + std::to_string(bad.size()));
+    snapshot(dir / "spool", d);
+    REQUIRE(writeFileAtomic(d / "budget", bad));
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", run.config(d, run.budget), sink, clock);
+    REQUIRE(svc.start());
+    CHECK(svc.counters().budgetUsedBytes == 0);
+    svc.ingest("m v=5");
+    clock.now += 60'000;
+    svc.flushWindow();
+    svc.stop();
+    // The next state file is whole again.
+    auto again = readFile(d / "budget");
+    REQUIRE(again);
+    CHECK(decodeBudgetState(*again));
+  }
 }
 
 namespace {

@@ -23,6 +23,7 @@
 #include "outrider/common/clock.hpp"
 #include "outrider/common/config.hpp"
 #include "outrider/common/result.hpp"
+#include "outrider/v1/state.pb.h"
 
 namespace outrider::agent {
 
@@ -80,6 +81,12 @@ struct TelemetryCounters {
   v1::TelemetryMode mode = v1::TELEMETRY_MODE_FULL;
 };
 
+/// The budget state file ("budget" in the spool directory): a header line with a CRC-32C of the rest,
+/// then the serialized state.
+std::string encodeBudgetState(const v1::TelemetryBudgetState& state);
+/// The state from a file's bytes, or an error that says what is wrong with them.
+Result<v1::TelemetryBudgetState> decodeBudgetState(std::string_view bytes);
+
 class TelemetryService {
  public:
   TelemetryService(boost::asio::io_context& io, std::string nodeId, TelemetryConfig cfg, TelemetrySink& sink,
@@ -120,6 +127,9 @@ class TelemetryService {
   void drain();
   void scheduleRetry();
   v1::TelemetryMode chooseMode(std::uint64_t windowBytes);
+  void flushRollup();
+  void loadBudgetState();
+  bool saveBudgetState();
   void fillLoss(v1::TelemetryLoss& loss);
 
   boost::asio::io_context& io_;
@@ -143,6 +153,7 @@ class TelemetryService {
   v1::TelemetryMode mode_ = v1::TELEMETRY_MODE_FULL;
   std::vector<v1::TelemetryWindow> rollupPending_;
   v1::TelemetryRollup rollupLevel_ = v1::TELEMETRY_ROLLUP_RAW;
+  bool budgetFile_ = false;  // the budget state file exists
   // Counters.
   TelemetryCounters c_;
   IngestCounters reportedIngest_;
