@@ -169,8 +169,54 @@ Status Spool::writeCursor() {
   return st;
 }
 
+namespace {
+constexpr const char* kLossFormat =
+    "outrider-spool-loss v1 dropped_records=%llu dropped_samples=%llu rolled_up_records=%llu corrupt_records=%llu";
+}  // namespace
+
+/// The loss an earlier run counted and did not report. A damaged file counts as one corrupt record.
+void Spool::readLoss() {
+  auto f = readFile(opt_.dir / "loss", 4096);
+  if (!f) return;
+  const std::string& t = *f;
+  const auto crcAt = t.find(" crc=");
+  unsigned long long v[4] = {};
+  unsigned crc = 0;
+  if (crcAt == std::string::npos || std::sscanf(t.c_str(), kLossFormat, &v[0], &v[1], &v[2], &v[3]) != 4 ||
+      std::sscanf(t.c_str() + crcAt, " crc=%x", &crc) != 1 || crc != crc32c(0, t.data(), crcAt)) {
+    ++counters_.corruptRecords;
+    return;
+  }
+  carried_.droppedRecords = v[0];
+  carried_.droppedSamples = v[1];
+  carried_.rolledUpRecords = v[2];
+  carried_.corruptRecords = v[3];
+}
+
+/// Rewrite the loss file with what is not reported yet (removed when nothing is).
+void Spool::writeLoss() {
+  const std::uint64_t v[4] = {carried_.droppedRecords + counters_.droppedRecords - reported_.droppedRecords,
+                              carried_.droppedSamples + counters_.droppedSamples - reported_.droppedSamples,
+                              carried_.rolledUpRecords + counters_.rolledUpRecords - reported_.rolledUpRecords,
+                              carried_.corruptRecords + counters_.corruptRecords - reported_.corruptRecords};
+  const fs::path path = opt_.dir / "loss";
+  if (!v[0] && !v[1] && !v[2] && !v[3]) {
+    std::error_code ec;
+    if (fs::remove(path, ec)) (void)fsyncDir(opt_.dir);
+    return;
+  }
+  char body[256];
+  const int n = std::snprintf(body, sizeof body, kLossFormat, static_cast<unsigned long long>(v[0]),
+                              static_cast<unsigned long long>(v[1]), static_cast<unsigned long long>(v[2]),
+                              static_cast<unsigned long long>(v[3]));
+  std::string text(body, static_cast<std::size_t>(n));
+  text += fmt::format(" crc={:08x}\n", crc32c(0, text.data(), text.size()));
+  (void)writeFileAtomic(path, text, 0640);
+}
+
 Status Spool::recover() {
   if (auto st = makeDirs(opt_.dir, 0750); !st) return st;
+  readLoss();
   // The cursor.
   if (auto c = readFile(opt_.dir / "cursor", 4096); c.ok()) {
     const std::string& t = *c;
@@ -287,6 +333,7 @@ Status Spool::recover() {
   if (auto st = writeCursor(); !st) return st;
   counters_.records = entries_.size();
   counters_.bytes = totalBytes_;
+  writeLoss();
   return {};
 }
 
@@ -383,6 +430,7 @@ bool Spool::dropOldest() {
   counters_.droppedRecords += records;
   counters_.droppedSamples += samples;
   counters_.records = entries_.size();
+  writeLoss();
   return true;
 }
 
@@ -532,6 +580,7 @@ bool Spool::compactOldest() {
   counters_.rolledUpRecords += inputs;
   counters_.records = entries_.size();
   counters_.bytes = totalBytes_;
+  writeLoss();
   return true;
 }
 
@@ -626,6 +675,11 @@ Status Spool::sync() {
   // Acknowledgements are persisted here (once per window) rather than per PUBACK: after a crash a few
   // acknowledged records may be sent again, which the hub's de-duplication absorbs.
   if (cursorAcked_ != ackedThrough_) (void)writeCursor();
+  // The batch that reports the loss taken is durable now: it leaves the loss file.
+  if (lossTaken_) {
+    writeLoss();
+    lossTaken_ = false;
+  }
   unsynced_ = 0;
   for (auto& e : entries_) {
     if (!e.accepted) {
@@ -726,12 +780,17 @@ std::size_t Spool::pending() const {
 }
 
 void Spool::takeLoss(v1::TelemetryLoss& loss) {
-  loss.set_spool_dropped_records(loss.spool_dropped_records() + counters_.droppedRecords - reported_.droppedRecords);
-  loss.set_spool_dropped_samples(loss.spool_dropped_samples() + counters_.droppedSamples - reported_.droppedSamples);
-  loss.set_spool_rolled_up_records(loss.spool_rolled_up_records() + counters_.rolledUpRecords -
-                                   reported_.rolledUpRecords);
-  loss.set_spool_corrupt_records(loss.spool_corrupt_records() + counters_.corruptRecords - reported_.corruptRecords);
+  loss.set_spool_dropped_records(loss.spool_dropped_records() + carried_.droppedRecords + counters_.droppedRecords -
+                                 reported_.droppedRecords);
+  loss.set_spool_dropped_samples(loss.spool_dropped_samples() + carried_.droppedSamples + counters_.droppedSamples -
+                                 reported_.droppedSamples);
+  loss.set_spool_rolled_up_records(loss.spool_rolled_up_records() + carried_.rolledUpRecords +
+                                   counters_.rolledUpRecords - reported_.rolledUpRecords);
+  loss.set_spool_corrupt_records(loss.spool_corrupt_records() + carried_.corruptRecords + counters_.corruptRecords -
+                                 reported_.corruptRecords);
   reported_ = counters_;
+  carried_ = SpoolCounters{};
+  lossTaken_ = true;
 }
 
 std::vector<std::uint64_t> Spool::seqs() const {

@@ -16,6 +16,7 @@
 
 #include "outrider/agent/telemetry_aggregator.hpp"
 #include "outrider/agent/telemetry_spool.hpp"
+#include "outrider/common/atomic_file.hpp"
 #include "support/process.hpp"
 
 using namespace outrider;
@@ -337,6 +338,57 @@ TEST_CASE("under the size cap the oldest windows are rolled up (exact count/sum/
   std::uint64_t kept = 0;
   for (const auto& b : out) kept += b.samples();
   CHECK(kept + s->counters().droppedSamples == samplesIn);
+}
+
+TEST_CASE("loss not yet reported survives a restart, and leaves once the batch reporting it is synced") {
+  test::TempDir dir("spool");
+  auto o = options(dir.path());
+  o.maxBytes = 160 * 1024;
+  o.segmentBytes = 16 * 1024;
+  SpoolCounters before;
+  {
+    auto s = openSpool(o);
+    for (int i = 0; s->counters().droppedRecords == 0 && i < 3000; ++i) {
+      auto b = makeBatch(i, 40, 3);
+      REQUIRE(s->append(b));
+    }
+    REQUIRE(s->sync());
+    before = s->counters();
+    REQUIRE(before.droppedRecords > 0);
+    REQUIRE(before.rolledUpRecords > 0);
+  }  // closed before any batch reported the loss, as a kill would leave it
+  SpoolCounters second;
+  {
+    auto s = openSpool(o);
+    v1::TelemetryLoss loss;
+    s->takeLoss(loss);
+    CHECK(loss.spool_dropped_records() == before.droppedRecords);
+    CHECK(loss.spool_dropped_samples() == before.droppedSamples);
+    CHECK(loss.spool_rolled_up_records() == before.rolledUpRecords);
+    CHECK(loss.spool_corrupt_records() == 0);
+    auto b = makeBatch(5000, 1, 1);
+    *b.mutable_loss() = loss;
+    REQUIRE(s->append(b));  // the spool is full: this may drop or roll up more
+    REQUIRE(s->sync());
+    second = s->counters();
+  }
+  // Only what came after the reporting batch is reported again.
+  {
+    auto s = openSpool(o);
+    v1::TelemetryLoss loss;
+    s->takeLoss(loss);
+    CHECK(loss.spool_dropped_records() == second.droppedRecords);
+    CHECK(loss.spool_rolled_up_records() == second.rolledUpRecords);
+    REQUIRE(s->sync());
+  }
+  CHECK_FALSE(fs::exists(dir / "loss"));
+  // A damaged loss file is one corrupt record, and the spool opens.
+  REQUIRE(writeFileAtomic(dir / "loss", "outrider-spool-loss v1 dropped_records=7 crc=00000000\n"));
+  auto s = openSpool(o);
+  v1::TelemetryLoss loss;
+  s->takeLoss(loss);
+  CHECK(loss.spool_corrupt_records() == 1);
+  CHECK(loss.spool_dropped_records() == 0);
 }
 
 TEST_CASE("a crash in the middle of a compaction loses nothing and duplicates nothing") {

@@ -17,7 +17,9 @@
 //
 // Under pressure (the size cap, or free space on the file system below the reserve) the oldest
 // segments are merged into coarser rollups (15 min, then 1 h, then 1 h without sketches) and only then
-// dropped; both are counted.
+// dropped; both are counted. Loss not yet reported (drops, rollups, corrupt records) is kept in a "loss"
+// file (written atomically, with a CRC) until the batch that reports it has been synced, so a restart
+// in between does not forget it; a crash just after that sync reports it twice rather than never.
 #include <sys/types.h>
 
 #include <cstdint>
@@ -141,6 +143,8 @@ class Spool {
   Status writeRecord(int fd, const v1::TelemetryBatch& b, std::uint64_t samples, std::uint32_t level,
                      std::uint64_t& bytesOut);
   Status writeCursor();
+  void readLoss();
+  void writeLoss();
   bool underPressure(std::uint64_t incoming);
   bool compactOldest();
   bool dropOldest();
@@ -164,6 +168,8 @@ class Spool {
   std::uint64_t totalBytes_ = 0;
   SpoolCounters counters_;
   SpoolCounters reported_;  // loss already reported
+  SpoolCounters carried_;   // loss of an earlier run not yet reported (the four loss counters only)
+  bool lossTaken_ = false;  // takeLoss() ran: the loss file is rewritten at the next sync()
 };
 
 }  // namespace outrider::agent
