@@ -273,7 +273,10 @@ void TelemetryService::fillLoss(v1::TelemetryLoss& loss) {
 v1::TelemetryMode TelemetryService::chooseMode(std::uint64_t windowBytes) {
   const std::int64_t now = clock_.nowMs();
   const std::int64_t day = now / kDayMs;
-  if (day != budgetDay_) {
+  // The day only moves forward. A clock stepped back a little (a box without a battery-backed clock boots
+  // with its last saved time, then NTP corrects it) goes on counting into the day it was counting; a clock
+  // more than a day behind was reset, and starts a new count.
+  if (day > budgetDay_ || day + 1 < budgetDay_) {
     budgetDay_ = day;
     c_.budgetUsedBytes = 0;
   }
@@ -389,8 +392,8 @@ void TelemetryService::loadBudgetState() {
     return;
   }
   const std::int64_t today = clock_.nowMs() / kDayMs;
-  if (state->day() == today) {
-    budgetDay_ = today;
+  if (state->day() == today || state->day() == today + 1) {  // see chooseMode() for the day after
+    budgetDay_ = state->day();
     c_.budgetUsedBytes = state->used_bytes();
   }
   if (state->pending_size() == 0) return;
@@ -429,9 +432,12 @@ bool TelemetryService::saveBudgetState() {
   for (const auto& w : rollupPending_) *s.add_pending() = w;
   s.set_spool_next_seq(spool_->nextSeq());
   if (auto st = writeFileAtomic(path, encodeBudgetState(s), 0640); !st) {
-    LOG_WARN("telemetry: budget state not saved: {}", st.error().message);
+    if (!budgetSaveFailing_) LOG_WARN("telemetry: budget state not saved: {}", st.error().message);
+    budgetSaveFailing_ = true;
     return false;
   }
+  if (budgetSaveFailing_) LOG_NOTICE("telemetry: budget state saved again");
+  budgetSaveFailing_ = false;
   budgetFile_ = true;
   return true;
 }

@@ -395,6 +395,42 @@ TEST_CASE("a clean stop keeps the rollup being built for the next run; a new day
   CHECK(svc.counters().budgetUsedBytes < used);
 }
 
+TEST_CASE("a clock stepped back across midnight keeps the day's count; a clock far back starts a new one") {
+  test::TempDir dir("tsvc");
+  boost::asio::io_context io;
+  FakeClock clock;
+  BudgetRun run(io, clock);
+  const auto cfg = run.config(dir / "spool", run.budget * 100);  // roomy: full windows
+  const std::int64_t midnight = clock.now / 86'400'000 * 86'400'000 + 86'400'000;
+  clock.now = midnight + 30 * 60'000;  // 00:30
+  std::uint64_t used = 0;
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", cfg, sink, clock);
+    REQUIRE(svc.start());
+    run.windows(svc, 3);
+    used = svc.counters().budgetUsedBytes;
+    REQUIRE(used > 0);
+  }
+  clock.now = midnight - 30 * 60'000;  // back to 23:30 of the day before, as NTP may set it
+  {
+    MemorySink sink(io);
+    TelemetryService svc(io, "n", cfg, sink, clock);
+    REQUIRE(svc.start());
+    CHECK(svc.counters().budgetUsedBytes == used);
+    run.windows(svc, 2);
+    CHECK(svc.counters().budgetUsedBytes > used);  // still the same day's count
+  }
+  clock.now = midnight - 3 * 86'400'000;  // a clock reset far back
+  MemorySink sink(io);
+  TelemetryService svc(io, "n", cfg, sink, clock);
+  REQUIRE(svc.start());
+  CHECK(svc.counters().budgetUsedBytes == 0);
+  run.windows(svc, 1);
+  REQUIRE(sink.got.size() == 1);
+  CHECK(svc.counters().budgetUsedBytes < used);
+}
+
 TEST_CASE("a rollup already in the spool when the agent died is not taken up again") {
   test::TempDir dir("tsvc");
   boost::asio::io_context io;

@@ -153,7 +153,8 @@ class TelemetryService {
   v1::TelemetryMode mode_ = v1::TELEMETRY_MODE_FULL;
   std::vector<v1::TelemetryWindow> rollupPending_;
   v1::TelemetryRollup rollupLevel_ = v1::TELEMETRY_ROLLUP_RAW;
-  bool budgetFile_ = false;  // the budget state file exists
+  bool budgetFile_ = false;         // the budget state file exists
+  bool budgetSaveFailing_ = false;  // the last write of it failed (logged once per run of failures)
   // Counters.
   TelemetryCounters c_;
   IngestCounters reportedIngest_;
