@@ -313,9 +313,12 @@ TEST_CASE("a run killed after the hub spent the token but before its answer arri
     Process& p;
     ~Resume() { p.signal(SIGCONT); }
   } resume{w.serve};
+  // Its private temporary directory (the bundle's CA for libmosquitto) inside the test's own: a killed
+  // run cannot remove it, the test's cleanup does.
+  fs::create_directories(w.dir / "tmp");
   Process prov({binary("outrider-agent").string(), "provision", "--from", stick.string(), "--config", cfg.string(),
                 "--pubkey", w.provPub.string()},
-               w.dir / "cut.log");
+               w.dir / "cut.log", {{"TMPDIR", (w.dir / "tmp").string()}});
   REQUIRE_MESSAGE(waitFor([&] { return slurp(w.dir / "cut.log").find("waiting for the hub") != std::string::npos; }, 20s),
                   slurp(w.dir / "cut.log"));
   prov.signal(SIGKILL);  // the power goes: the request is out, the answer never reaches this run
