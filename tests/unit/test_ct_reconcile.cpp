@@ -263,3 +263,53 @@ TEST_CASE("reconcile against the fake runtime") {
   }
   m->shutdown();
 }
+
+TEST_CASE("a container waiting out its restart backoff when vmm restarts is restarted, its count kept") {
+  Env env;
+  auto m = env.manager();
+  auto s = spec("a");
+  s.set_restart(v1::ContainerSpec::ALWAYS);
+  REQUIRE(actions(env.apply(*m, apply({s})))["a"] == "started");
+  REQUIRE(env.rt->launches["a"] == 1);
+  auto runFor = [&](std::chrono::milliseconds d) {
+    env.io.restart();
+    env.io.run_for(d);
+  };
+  auto until = [&](const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!cond() && std::chrono::steady_clock::now() < end) runFor(std::chrono::milliseconds(20));
+    return cond();
+  };
+  // First exit: restarted after 1 s.
+  env.rt->exit("a", 1, 0);
+  m->pollStatus();
+  CHECK(find(*m, "a").state() == "restarting");
+  REQUIRE(until([&] { return env.rt->launches["a"] == 2; }, std::chrono::seconds(5)));
+  m->pollStatus();
+  CHECK(find(*m, "a").restarts() == 1);
+  // Second exit: a 2 s backoff, and vmm restarts in the middle of it.
+  env.rt->exit("a", 1, 0);
+  m->pollStatus();
+  REQUIRE(find(*m, "a").state() == "restarting");
+
+  unsigned wantRestarts = 2;
+  SUBCASE("with the run state this vmm wrote") {}
+  SUBCASE("with the run state an older vmm wrote (the handled run only): the count starts again") {
+    auto seen = readFile(env.settings.stateDir / "a" / "seen");
+    REQUIRE(seen);
+    REQUIRE(writeFileAtomic(env.settings.stateDir / "a" / "seen", seen->substr(0, seen->find(' '))));
+    wantRestarts = 1;
+  }
+  m->shutdown();
+  m.reset();
+  const auto restartedAt = std::chrono::steady_clock::now();
+  m = env.manager();
+  CHECK(env.rt->launches["a"] == 2);  // not at once: the backoff goes on
+  CHECK(find(*m, "a").state() == "restarting");
+  REQUIRE(until([&] { return env.rt->launches["a"] == 3; }, std::chrono::seconds(8)));
+  CHECK(std::chrono::steady_clock::now() - restartedAt < std::chrono::seconds(5));
+  m->pollStatus();
+  CHECK(find(*m, "a").state() == "running");
+  CHECK(find(*m, "a").restarts() == wantRestarts);
+  m->shutdown();
+}

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -227,7 +228,19 @@ void ContainerManager::adopt() {
     c.hasBundle = true;
     if (auto bytes = readFile(e.path() / "spec.pb", 1 << 20); bytes && c.built.ParseFromString(*bytes))
       c.builtKey = specKey(c.built);
-    if (auto seen = readFile(e.path() / "seen", 64); seen) c.seenRun = std::atoll(seen->c_str());
+    bool runStateKnown = false;
+    if (auto seen = readFile(e.path() / "seen", 128); seen) {
+      long long run = 0, next = 0;
+      unsigned restarts = 0, consecutive = 0;
+      const int n = std::sscanf(seen->c_str(), "%lld %u %u %lld", &run, &restarts, &consecutive, &next);
+      if (n >= 1) c.seenRun = run;
+      if (n == 4) {  // an older vmm wrote the run only
+        runStateKnown = true;
+        c.restarts = restarts;
+        c.consecutive = consecutive;
+        c.nextRestartMs = next;
+      }
+    }
     auto s = runtime_->status(e.path());
     if (!s) {
       c.wantLaunch = true;  // built but never launched (vmm stopped in between)
@@ -249,7 +262,16 @@ void ContainerManager::adopt() {
       c.exitCode = s->exitCode;
       c.signal = s->signal;
       if (s->state == "failed") c.lastError = s->error;
-      // handleStatus reports an exit vmm has not seen yet (it happened while vmm was down).
+      // handleStatus reports an exit vmm has not seen yet (it happened while vmm was down). An exit it had
+      // handled may have been waiting out its restart backoff: that goes on, for the time that is left.
+      if (s->startedMs != 0 && s->startedMs == c.seenRun) {
+        const bool clean = s->state == "exited" && s->exitCode == 0 && s->signal == 0;
+        const bool pending = runStateKnown ? c.nextRestartMs > 0
+                                           : desiredRunning(c) && c.builtKey == specKey(c.spec) &&
+                                                 shouldRestart(c.built.restart(), clean);
+        if (pending)
+          armRestart(c, std::chrono::milliseconds(std::max<std::int64_t>(0, c.nextRestartMs - nowMs())));
+      }
     } else {
       // The box restarted (or the supervisor vanished): nothing runs any more; start it again if wanted.
       c.wantLaunch = true;
@@ -354,7 +376,8 @@ void ContainerManager::handleStatus(Ct& c) {
 
 void ContainerManager::handleExit(Ct& c, const ShimStatus& s) {
   c.seenRun = s.startedMs;
-  (void)writeFileAtomic(bundle(c.name) / "seen", std::to_string(s.startedMs), 0600);
+  c.nextRestartMs = 0;  // this run's end supersedes any restart that was pending
+  saveRunState(c);
   bool wasStopping = c.stopping, wasLaunching = c.launching;
   c.launching = false;
   c.stopping = false;
@@ -391,10 +414,14 @@ void ContainerManager::handleExit(Ct& c, const ShimStatus& s) {
 }
 
 void ContainerManager::scheduleRestart(Ct& c) {
-  auto delay = restartDelay(c.consecutive++);
-  c.nextRestartMs = nowMs() + std::chrono::duration_cast<std::chrono::milliseconds>(delay).count();
+  armRestart(c, restartDelay(c.consecutive++));
+}
+
+/// State "restarting", and a launch after `delay` if the container is still wanted running then.
+void ContainerManager::armRestart(Ct& c, std::chrono::milliseconds delay) {
+  c.nextRestartMs = nowMs() + delay.count();
   setState(c, "restarting");
-  publish_(c.name, fmt::format("restarting in {}s", delay.count()));
+  publish_(c.name, fmt::format("restarting in {}s", (delay.count() + 999) / 1000));
   c.restartTimer = std::make_unique<boost::asio::steady_timer>(io_, delay);
   std::weak_ptr<ContainerManager> weak = weak_from_this();
   std::string name = c.name;
@@ -407,11 +434,22 @@ void ContainerManager::scheduleRestart(Ct& c) {
     ct.nextRestartMs = 0;
     if (!self->desiredRunning(ct)) {
       self->setState(ct, "stopped");
+      self->saveRunState(ct);
       return;
     }
     ct.restarts++;
+    self->saveRunState(ct);
     self->launch(ct);
   });
+  saveRunState(c);
+}
+
+/// The bundle's "seen" file: the supervisor run whose end was handled, the restart count, the quick
+/// exits in a row (the backoff), and when a pending restart is due (wall clock ms, 0 for none), so that
+/// a restarted vmm goes on where this one was.
+void ContainerManager::saveRunState(const Ct& c) {
+  (void)writeFileAtomic(bundle(c.name) / "seen",
+                        fmt::format("{} {} {} {}", c.seenRun, c.restarts, c.consecutive, c.nextRestartMs), 0600);
 }
 
 // ---------------------------------------------------------------- actions on the runtime
@@ -478,9 +516,11 @@ void ContainerManager::finishBuild(const std::string& name, const v1::ContainerS
     c.builtKey = specKey(spec);
     c.restarts = 0;
     c.consecutive = 0;
+    c.nextRestartMs = 0;
     c.lastError.clear();
     c.exited = false;
     setState(c, "stopped");
+    saveRunState(c);
     c.wantLaunch = true;  // launched below if it is (still) desired running
   }
   if (stopped_) return;
@@ -521,7 +561,8 @@ void ContainerManager::stop(Ct& c, std::uint32_t timeoutS) {
     if (c.restartTimer) c.restartTimer->cancel();
     c.nextRestartMs = 0;
     setState(c, "stopped");
-    if (c.removing) removeNow(c.name);
+    if (c.removing) return removeNow(c.name);
+    saveRunState(c);
     return;
   }
   if (c.stopping) return;
@@ -778,6 +819,8 @@ LocalReply ContainerManager::action(const v1::CtActionRequest& req) {
         setState(c, "stopped");
       }
       c.consecutive = 0;
+      c.nextRestartMs = 0;
+      saveRunState(c);
       reconcileOne(c);
       if (!c.lastError.empty() && !active(c)) return err(LocalError::INTERNAL, c.lastError);
       break;

@@ -73,6 +73,8 @@ class ContainerManager : public std::enable_shared_from_this<ContainerManager> {
   void handleStatus(Ct& c);
   void handleExit(Ct& c, const ShimStatus& s);
   void scheduleRestart(Ct& c);
+  void armRestart(Ct& c, std::chrono::milliseconds delay);
+  void saveRunState(const Ct& c);
   void setState(Ct& c, const std::string& state);
   void startImport(const std::string& image, const std::filesystem::path& source, const std::string& user,
                    std::function<void(Result<ImageInfoData>)> done);
