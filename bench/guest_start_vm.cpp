@@ -410,7 +410,10 @@ int main(int argc, char** argv) {
   f.track(bare);
   for (const auto& r : rssVms) f.track(r);
 
-  test::NodeFixture node(test::NodeFixtureOptions{.logLevel = "warning", .vmStopTimeoutS = 10});
+  test::NodeFixtureOptions nodeOptions;
+  nodeOptions.logLevel = "warning";
+  nodeOptions.vmStopTimeoutS = 10;
+  test::NodeFixture node(nodeOptions);
   node.startAll();
   ctl::MosquittoLib lib;
   ctl::HubOptions ho;

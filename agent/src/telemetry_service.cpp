@@ -345,7 +345,7 @@ void TelemetryService::flushRollup() {
 namespace {
 constexpr std::string_view kBudgetMagic = "outrider-telemetry-budget v1 crc=";
 constexpr std::size_t kBudgetHeader = kBudgetMagic.size() + 9;  // 8 hex digits and "\n"
-constexpr std::size_t kMaxBudgetStateBytes = 64u << 20;
+constexpr std::size_t kMaxBudgetStateBytes = 256u << 20;  // one window of up to max_series series
 }  // namespace
 
 std::string encodeBudgetState(const v1::TelemetryBudgetState& state) {
