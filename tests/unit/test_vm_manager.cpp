@@ -503,3 +503,72 @@ TEST_CASE("the asio event loop leaves no registrations behind when the connectio
   }
   CHECK(libvirtEventRegistrations() == before);
 }
+
+TEST_CASE("a guest that goes off by itself soon after each start is started again after a growing delay") {
+  Rig rig;
+  auto m = rig.make();
+  REQUIRE(m->apply(applyOf({rig.g.spec("a")})).ok());
+  REQUIRE(rig.fake.starts == 1);
+  auto lastError = [&] {
+    auto l = m->list(false);
+    REQUIRE(l.ok());
+    for (const auto& v : l->vms())
+      if (v.name() == "a") return v.last_error();
+    return std::string("?");
+  };
+  // It powers off 5 s after each start (as a guest whose init fails would), and the service reconciles
+  // on every such event and every second here.
+  auto offAfterBoot = [&] {
+    rig.now += std::chrono::seconds(5);
+    rig.fake.off("a", "shutdown");
+    m->reconcile("event");
+  };
+  auto secondsUntilStart = [&] {
+    const int before = rig.fake.starts;
+    for (int s = 0; s <= 120; ++s) {
+      if (rig.fake.starts > before) return s;
+      rig.now += std::chrono::seconds(1);
+      m->reconcile("timer");
+    }
+    return -1;
+  };
+  std::vector<int> waits;
+  for (int i = 0; i < 8; ++i) {
+    offAfterBoot();
+    if (i == 2) CHECK(lastError().find("starting it again in") != std::string::npos);
+    waits.push_back(secondsUntilStart());
+  }
+  CHECK(waits == std::vector<int>{1, 2, 4, 8, 16, 32, 60, 60});
+  CHECK(lastError().empty());  // started again: nothing held back
+
+  // A run of a minute or more starts the count again: the next start comes at once.
+  rig.now += std::chrono::seconds(61);
+  rig.fake.off("a", "shutdown");
+  m->reconcile("event");
+  CHECK(rig.fake.starts == 10);
+
+  // An operator's START is never held back.
+  offAfterBoot();
+  offAfterBoot();  // not started yet: it waits
+  const int held = rig.fake.starts;
+  REQUIRE_FALSE(rig.fake.doms.at("a").rec.active);
+  auto start = act(*m, "a", v1::VmActionRequest::START);
+  REQUIRE(start.ok());
+  CHECK(rig.fake.starts == held + 1);
+
+  // Nor is a VM whose spec the manifest changed.
+  offAfterBoot();
+  REQUIRE_FALSE(rig.fake.doms.at("a").rec.active);
+  REQUIRE(m->apply(applyOf({rig.g.spec("a", 96)}, 2)).ok());
+  CHECK(rig.fake.doms.at("a").rec.active);
+
+  // Stops of vmm's own do not count.
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(act(*m, "a", v1::VmActionRequest::STOP).ok());
+    REQUIRE(act(*m, "a", v1::VmActionRequest::START).ok());
+  }
+  rig.now += std::chrono::seconds(70);
+  rig.fake.off("a", "shutdown");
+  m->reconcile("event");
+  CHECK(rig.fake.doms.at("a").rec.active);
+}

@@ -207,9 +207,12 @@ Result<v1::ApplyResult> VmManager::apply(const v1::VmApplyRequest& req) {
     }
     memSum += s.memory_mib();
     DesiredVm vm{s, !s.stopped()};
-    // An operator's START/STOP holds until the manifest changes this VM.
+    // An operator's START/STOP holds until the manifest changes this VM; a changed VM is not held back
+    // by how its previous spec went off at boot.
     if (auto it = desired_.find(s.name()); it != desired_.end() && sameSpec(it->second.spec, s))
       vm.running = it->second.running;
+    else
+      starts_.erase(s.name());
     next[s.name()] = std::move(vm);
   }
   std::set<std::string> removed;
@@ -346,10 +349,20 @@ std::map<std::string, std::string> VmManager::reconcile(std::string_view why) {
         what = step.kind == StepKind::define ? "defined" : active ? "redefined (applies at next boot)" : "redefined";
         break;
       }
-      case StepKind::start:
+      case StepKind::start: {
+        const auto& h = starts_[name];
+        if (const auto now = clock_(); now < h.notBefore) {
+          const auto wait = std::chrono::ceil<std::chrono::seconds>(h.notBefore - now).count();
+          lastError_[name] = fmt::format("it went off {} time(s) in a row within a minute of starting; starting it again in {}s",
+                                         h.quickStops, wait);
+          note(name, fmt::format("starting again in {}s", wait));
+          continue;
+        }
         st = backend_.start(name);
+        if (st) noteStarted(name);
         what = "started";
         break;
+      }
       case StepKind::stop:
         beginStop(name, opts_.stopTimeout, false, {});
         what = "stopping";
@@ -486,8 +499,29 @@ void VmManager::trimConsole(const std::string& name, std::uint64_t cap) {
 
 // ---------------------------------------------------------------- events
 
+void VmManager::noteStarted(const std::string& name) {
+  auto& h = starts_[name];
+  h.startedAt = clock_();
+  h.notBefore = {};
+}
+
 void VmManager::onEvent(const LifecycleEvent& ev) {
   if (!desired_.count(ev.name) && !known_.count(ev.name) && !stopping_.count(ev.name)) return;
+  if (ev.state == "shutoff" && !stopping_.count(ev.name)) {
+    // Off by itself (not a stop of ours): when that came soon after its start, the next start waits.
+    constexpr auto kQuickRun = std::chrono::seconds(60);
+    auto& h = starts_[ev.name];
+    const auto now = clock_();
+    if (h.startedAt != std::chrono::steady_clock::time_point{} && now - h.startedAt < kQuickRun) {
+      ++h.quickStops;
+      h.notBefore = now + std::chrono::seconds(std::min(60u, 1u << std::min(h.quickStops - 1, 6u)));
+      LOG_NOTICE("VM {}: went off {} time(s) in a row within a minute of starting; the next start waits", ev.name,
+                 h.quickStops);
+    } else {
+      h.quickStops = 0;
+      h.notBefore = {};
+    }
+  }
   stateSince_[ev.name] = wallMs();
   publish_("vm.state", ev.name, ev.state + " (" + ev.reason + ")");
   if (ev.state == "shutoff" || ev.state == "undefined") {
@@ -594,6 +628,8 @@ void VmManager::action(const v1::VmActionRequest& req, Done done) {
         lastError_[name] = st.error().message;
         return done(vmError(LocalError::INTERNAL, st.error().message));
       }
+      starts_.erase(name);  // an operator's START is not held back, and starts the count again
+      noteStarted(name);
       lastError_.erase(name);
       done(infoNow(name));
       return;

@@ -119,6 +119,15 @@ class VmManager {
   std::set<std::string> known_;  // managed names seen, for publishing their events after removal from desired
   std::map<std::string, PendingStop> stopping_;
   std::size_t running_ = 0;
+  /// Guests that go off by themselves soon after a start are started again after a growing delay
+  /// (1 s, 2 s, 4 s ... 60 s), so a guest that powers off at boot is not restarted in a tight loop.
+  struct StartHistory {
+    std::chrono::steady_clock::time_point startedAt{};
+    unsigned quickStops = 0;                            // in a row, each within kQuickRun of its start
+    std::chrono::steady_clock::time_point notBefore{};  // no start by reconcile before this
+  };
+  std::map<std::string, StartHistory> starts_;
+  void noteStarted(const std::string& name);
 };
 
 }  // namespace outrider::vmm
