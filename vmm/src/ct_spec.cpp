@@ -194,10 +194,6 @@ std::string renderConfigJson(const v1::ContainerSpec& s, const BundleOptions& o)
   return w.str();
 }
 
-std::chrono::seconds restartDelay(unsigned consecutive) {
-  if (consecutive >= 6) return std::chrono::seconds(60);
-  return std::chrono::seconds(std::min<long>(60, 1L << consecutive));
-}
 
 bool shouldRestart(v1::ContainerSpec::Restart policy, bool exitedCleanly) {
   if (policy == v1::ContainerSpec::ALWAYS) return true;

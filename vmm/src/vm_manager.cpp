@@ -509,12 +509,10 @@ void VmManager::onEvent(const LifecycleEvent& ev) {
   if (!desired_.count(ev.name) && !known_.count(ev.name) && !stopping_.count(ev.name)) return;
   if (ev.state == "shutoff" && !stopping_.count(ev.name)) {
     // Off by itself (not a stop of ours): when that came soon after its start, the next start waits.
-    constexpr auto kQuickRun = std::chrono::seconds(60);
     auto& h = starts_[ev.name];
     const auto now = clock_();
-    if (h.startedAt != std::chrono::steady_clock::time_point{} && now - h.startedAt < kQuickRun) {
-      ++h.quickStops;
-      h.notBefore = now + std::chrono::seconds(std::min(60u, 1u << std::min(h.quickStops - 1, 6u)));
+    if (h.startedAt != std::chrono::steady_clock::time_point{} && now - h.startedAt < kBackoffReset) {
+      h.notBefore = now + restartDelay(h.quickStops++);
       LOG_NOTICE("VM {}: went off {} time(s) in a row within a minute of starting; the next start waits", ev.name,
                  h.quickStops);
     } else {

@@ -10,6 +10,7 @@
 
 #include "outrider/common/result.hpp"
 #include "outrider/v1/workloads.pb.h"
+#include "outrider/vmm/restart_backoff.hpp"
 
 namespace outrider::vmm {
 
@@ -53,12 +54,6 @@ struct BundleOptions {
 /// The OCI runtime config for `spec`: own pid/mount/ipc/uts/net namespaces, cgroup limits, only the
 /// listed capabilities, noNewPrivileges, minimal /dev and /proc, masked and read-only paths.
 std::string renderConfigJson(const v1::ContainerSpec& spec, const BundleOptions& opts);
-
-/// Delay before restart number `consecutive` (0-based count of restarts without a long run in
-/// between): 1 s doubling to a 60 s cap.
-std::chrono::seconds restartDelay(unsigned consecutive);
-/// A run at least this long resets the backoff.
-inline constexpr std::chrono::seconds kBackoffReset{60};
 
 /// Whether a container that ended this way restarts under `policy`.
 bool shouldRestart(v1::ContainerSpec::Restart policy, bool exitedCleanly);

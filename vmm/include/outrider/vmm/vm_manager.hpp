@@ -13,6 +13,7 @@
 
 #include "outrider/common/result.hpp"
 #include "outrider/v1/local.pb.h"
+#include "outrider/vmm/restart_backoff.hpp"
 #include "outrider/vmm/vm_backend.hpp"
 #include "outrider/vmm/vm_spec.hpp"
 
@@ -120,10 +121,11 @@ class VmManager {
   std::map<std::string, PendingStop> stopping_;
   std::size_t running_ = 0;
   /// Guests that go off by themselves soon after a start are started again after a growing delay
-  /// (1 s, 2 s, 4 s ... 60 s), so a guest that powers off at boot is not restarted in a tight loop.
+  /// (restart_backoff.hpp, as containers are), so a guest that powers off at boot is not restarted in a
+  /// tight loop.
   struct StartHistory {
     std::chrono::steady_clock::time_point startedAt{};
-    unsigned quickStops = 0;                            // in a row, each within kQuickRun of its start
+    unsigned quickStops = 0;                            // in a row, each within kBackoffReset of its start
     std::chrono::steady_clock::time_point notBefore{};  // no start by reconcile before this
   };
   std::map<std::string, StartHistory> starts_;
