@@ -316,13 +316,12 @@ void TelemetryService::flushWindow() {
   rollupLevel_ = level;
   mode_ = mode;
   const std::int64_t end = w.start_ms() + w.duration_ms();
+  // Merged as they come: what waits (and the state file that keeps it) is always the rollup itself, the
+  // size of one window.
   rollupPending_.push_back(std::move(w));
-  if (rollupPending_.size() > 1) {
-    // Merged as they come, so what waits (and the state file that keeps it) stays the size of one window.
-    std::vector<const v1::TelemetryWindow*> in;
-    for (const auto& p : rollupPending_) in.push_back(&p);
-    rollupPending_ = rollupWindows(in, rollupLevel_, cfg_.windowMs);
-  }
+  std::vector<const v1::TelemetryWindow*> in;
+  for (const auto& p : rollupPending_) in.push_back(&p);
+  rollupPending_ = rollupWindows(in, rollupLevel_, cfg_.windowMs);
   if (end % rollupDurationMs(level, cfg_.windowMs) == 0) flushRollup();
   // On a stop the rollup being built stays in the state file, and goes on after the restart; only when
   // that file cannot be written does it go into the spool now.
@@ -332,14 +331,12 @@ void TelemetryService::flushWindow() {
   }
 }
 
-/// The windows waiting for their rollup, merged, into the spool.
+/// The rollup being built (merged already, window by window) into the spool.
 void TelemetryService::flushRollup() {
   if (rollupPending_.empty()) return;
-  std::vector<const v1::TelemetryWindow*> in;
-  for (const auto& p : rollupPending_) in.push_back(&p);
-  auto merged = rollupWindows(in, rollupLevel_, cfg_.windowMs);
+  auto rollup = std::move(rollupPending_);
   rollupPending_.clear();
-  emit(std::move(merged), mode_);
+  emit(std::move(rollup), mode_);
 }
 
 namespace {
@@ -372,9 +369,8 @@ Result<v1::TelemetryBudgetState> decodeBudgetState(std::string_view bytes) {
   if (s.day() < 0 || (s.level() != v1::TELEMETRY_ROLLUP_15M && s.level() != v1::TELEMETRY_ROLLUP_1H_NO_SKETCH &&
                       s.pending_size() > 0))
     return Error{"bad values in the state", EINVAL};
-  for (const auto& w : s.pending())
-    if (w.rollup() != v1::TELEMETRY_ROLLUP_RAW && w.rollup() != s.level())
-      return Error{"bad values in the state", EINVAL};
+  for (const auto& w : s.pending())  // the rollup being built: already merged at its level
+    if (w.rollup() != s.level() || w.duration_ms() <= 0) return Error{"bad values in the state", EINVAL};
   return s;
 }
 
@@ -404,10 +400,9 @@ void TelemetryService::loadBudgetState() {
   rollupPending_.assign(state->pending().begin(), state->pending().end());
   LOG_INFO("telemetry: the {} rollup that was being built goes on", v1::TelemetryRollup_Name(rollupLevel_));
   // A rollup whose period ended while the agent was down goes out now.
-  const std::int64_t len = rollupDurationMs(rollupLevel_, cfg_.windowMs);
   const std::int64_t now = clock_.nowMs();
   for (const auto& w : rollupPending_)
-    if (w.start_ms() - ((w.start_ms() % len) + len) % len + len <= now - now % cfg_.windowMs) {
+    if (w.start_ms() + w.duration_ms() <= now - now % cfg_.windowMs) {
       flushRollup();
       break;
     }

@@ -151,7 +151,7 @@ class TelemetryService {
   // Budget.
   std::int64_t budgetDay_ = -1;
   v1::TelemetryMode mode_ = v1::TELEMETRY_MODE_FULL;
-  std::vector<v1::TelemetryWindow> rollupPending_;
+  std::vector<v1::TelemetryWindow> rollupPending_;  // the rollup being built, merged as windows close
   v1::TelemetryRollup rollupLevel_ = v1::TELEMETRY_ROLLUP_RAW;
   bool budgetFile_ = false;         // the budget state file exists
   bool budgetSaveFailing_ = false;  // the last write of it failed (logged once per run of failures)
