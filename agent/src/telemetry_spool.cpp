@@ -161,29 +161,50 @@ Spool::Segment* Spool::segment(std::uint64_t id) {
   return nullptr;
 }
 
+namespace {
+
+// The spool's one-line state files (cursor, loss): "<fields> crc=<CRC-32C of the fields, 8 hex>\n".
+std::string withCrc(std::string line) {
+  line += fmt::format(" crc={:08x}\n", crc32c(0, line.data(), line.size()));
+  return line;
+}
+
+bool crcMatches(const std::string& t) {
+  const auto crcAt = t.find(" crc=");
+  unsigned crc = 0;
+  return crcAt != std::string::npos && std::sscanf(t.c_str() + crcAt, " crc=%x", &crc) == 1 &&
+         crc == crc32c(0, t.data(), crcAt);
+}
+
+constexpr const char* kLossFormat =
+    "outrider-spool-loss v1 dropped_records=%llu dropped_samples=%llu rolled_up_records=%llu corrupt_records=%llu";
+
+}  // namespace
+
 Status Spool::writeCursor() {
-  std::string body = fmt::format("outrider-spool-cursor v1 acked={} next={}", ackedThrough_, nextSeq_);
-  body += fmt::format(" crc={:08x}\n", crc32c(0, body.data(), body.size()));
-  auto st = writeFileAtomic(opt_.dir / "cursor", body, 0640);
+  auto st = writeFileAtomic(opt_.dir / "cursor",
+                            withCrc(fmt::format("outrider-spool-cursor v1 acked={} next={}", ackedThrough_, nextSeq_)),
+                            0640);
   if (st) cursorAcked_ = ackedThrough_;
   return st;
 }
 
-namespace {
-constexpr const char* kLossFormat =
-    "outrider-spool-loss v1 dropped_records=%llu dropped_samples=%llu rolled_up_records=%llu corrupt_records=%llu";
-}  // namespace
+/// Loss counted (by this run or, carried, an earlier one) and not reported yet: the four loss counters.
+SpoolCounters Spool::unreported() const {
+  SpoolCounters u;
+  u.droppedRecords = carried_.droppedRecords + counters_.droppedRecords - reported_.droppedRecords;
+  u.droppedSamples = carried_.droppedSamples + counters_.droppedSamples - reported_.droppedSamples;
+  u.rolledUpRecords = carried_.rolledUpRecords + counters_.rolledUpRecords - reported_.rolledUpRecords;
+  u.corruptRecords = carried_.corruptRecords + counters_.corruptRecords - reported_.corruptRecords;
+  return u;
+}
 
 /// The loss an earlier run counted and did not report. A damaged file counts as one corrupt record.
 void Spool::readLoss() {
   auto f = readFile(opt_.dir / "loss", 4096);
   if (!f) return;
-  const std::string& t = *f;
-  const auto crcAt = t.find(" crc=");
   unsigned long long v[4] = {};
-  unsigned crc = 0;
-  if (crcAt == std::string::npos || std::sscanf(t.c_str(), kLossFormat, &v[0], &v[1], &v[2], &v[3]) != 4 ||
-      std::sscanf(t.c_str() + crcAt, " crc=%x", &crc) != 1 || crc != crc32c(0, t.data(), crcAt)) {
+  if (std::sscanf(f->c_str(), kLossFormat, &v[0], &v[1], &v[2], &v[3]) != 4 || !crcMatches(*f)) {
     ++counters_.corruptRecords;
     return;
   }
@@ -195,23 +216,19 @@ void Spool::readLoss() {
 
 /// Rewrite the loss file with what is not reported yet (removed when nothing is).
 void Spool::writeLoss() {
-  const std::uint64_t v[4] = {carried_.droppedRecords + counters_.droppedRecords - reported_.droppedRecords,
-                              carried_.droppedSamples + counters_.droppedSamples - reported_.droppedSamples,
-                              carried_.rolledUpRecords + counters_.rolledUpRecords - reported_.rolledUpRecords,
-                              carried_.corruptRecords + counters_.corruptRecords - reported_.corruptRecords};
+  const SpoolCounters u = unreported();
   const fs::path path = opt_.dir / "loss";
-  if (!v[0] && !v[1] && !v[2] && !v[3]) {
+  if (!u.droppedRecords && !u.droppedSamples && !u.rolledUpRecords && !u.corruptRecords) {
     std::error_code ec;
     if (fs::remove(path, ec)) (void)fsyncDir(opt_.dir);
     return;
   }
   char body[256];
-  const int n = std::snprintf(body, sizeof body, kLossFormat, static_cast<unsigned long long>(v[0]),
-                              static_cast<unsigned long long>(v[1]), static_cast<unsigned long long>(v[2]),
-                              static_cast<unsigned long long>(v[3]));
-  std::string text(body, static_cast<std::size_t>(n));
-  text += fmt::format(" crc={:08x}\n", crc32c(0, text.data(), text.size()));
-  (void)writeFileAtomic(path, text, 0640);
+  const int n = std::snprintf(body, sizeof body, kLossFormat, static_cast<unsigned long long>(u.droppedRecords),
+                              static_cast<unsigned long long>(u.droppedSamples),
+                              static_cast<unsigned long long>(u.rolledUpRecords),
+                              static_cast<unsigned long long>(u.corruptRecords));
+  (void)writeFileAtomic(path, withCrc(std::string(body, static_cast<std::size_t>(n))), 0640);
 }
 
 Status Spool::recover() {
@@ -219,13 +236,10 @@ Status Spool::recover() {
   readLoss();
   // The cursor.
   if (auto c = readFile(opt_.dir / "cursor", 4096); c.ok()) {
-    const std::string& t = *c;
-    auto crcAt = t.find(" crc=");
     unsigned long long acked = 0, next = 0;
     unsigned crc = 0;
-    if (crcAt != std::string::npos &&
-        std::sscanf(t.c_str(), "outrider-spool-cursor v1 acked=%llu next=%llu crc=%x", &acked, &next, &crc) == 3 &&
-        crc == crc32c(0, t.data(), crcAt)) {
+    if (std::sscanf(c->c_str(), "outrider-spool-cursor v1 acked=%llu next=%llu crc=%x", &acked, &next, &crc) == 3 &&
+        crcMatches(*c)) {
       ackedThrough_ = acked;
       nextSeq_ = std::max<std::uint64_t>(next, acked + 1);
     } else {
@@ -780,14 +794,11 @@ std::size_t Spool::pending() const {
 }
 
 void Spool::takeLoss(v1::TelemetryLoss& loss) {
-  loss.set_spool_dropped_records(loss.spool_dropped_records() + carried_.droppedRecords + counters_.droppedRecords -
-                                 reported_.droppedRecords);
-  loss.set_spool_dropped_samples(loss.spool_dropped_samples() + carried_.droppedSamples + counters_.droppedSamples -
-                                 reported_.droppedSamples);
-  loss.set_spool_rolled_up_records(loss.spool_rolled_up_records() + carried_.rolledUpRecords +
-                                   counters_.rolledUpRecords - reported_.rolledUpRecords);
-  loss.set_spool_corrupt_records(loss.spool_corrupt_records() + carried_.corruptRecords + counters_.corruptRecords -
-                                 reported_.corruptRecords);
+  const SpoolCounters u = unreported();
+  loss.set_spool_dropped_records(loss.spool_dropped_records() + u.droppedRecords);
+  loss.set_spool_dropped_samples(loss.spool_dropped_samples() + u.droppedSamples);
+  loss.set_spool_rolled_up_records(loss.spool_rolled_up_records() + u.rolledUpRecords);
+  loss.set_spool_corrupt_records(loss.spool_corrupt_records() + u.corruptRecords);
   reported_ = counters_;
   carried_ = SpoolCounters{};
   lossTaken_ = true;

@@ -145,6 +145,7 @@ class Spool {
   Status writeCursor();
   void readLoss();
   void writeLoss();
+  SpoolCounters unreported() const;
   bool underPressure(std::uint64_t incoming);
   bool compactOldest();
   bool dropOldest();
