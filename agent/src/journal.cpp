@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <limits>
 
@@ -19,16 +18,6 @@ namespace {
 
 constexpr std::size_t kHeaderBytes = 8;
 constexpr std::size_t kDigestBytes = std::tuple_size_v<crypto::Sha256>;
-
-constexpr std::array<std::uint32_t, 256> kCrcTable = [] {
-  std::array<std::uint32_t, 256> t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;  // reflected Castagnoli
-    t[i] = c;
-  }
-  return t;
-}();
 
 void putLe32(char* p, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
@@ -103,12 +92,6 @@ std::filesystem::path compactionTemp(const std::filesystem::path& journal) {
 }
 
 }  // namespace
-
-std::uint32_t crc32c(std::string_view data) {
-  std::uint32_t c = 0xffffffffu;
-  for (unsigned char b : data) c = kCrcTable[(c ^ b) & 0xff] ^ (c >> 8);
-  return c ^ 0xffffffffu;
-}
 
 JournalRecovery CommandJournal::load(std::string_view bytes, Map& entries) {
   JournalRecovery rec;

@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <cinttypes>
 #include <cstring>
@@ -16,10 +15,6 @@
 
 #include "outrider/agent/telemetry_aggregator.hpp"
 #include "outrider/common/atomic_file.hpp"
-
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
 
 namespace fs = std::filesystem;
 
@@ -36,36 +31,6 @@ struct Header {
   std::uint32_t level, crc;
 };
 static_assert(sizeof(Header) == kHeader);
-
-std::array<std::uint32_t, 256> makeTable() {
-  std::array<std::uint32_t, 256> t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
-
-#if defined(__x86_64__)
-__attribute__((target("sse4.2"))) std::uint32_t crcHw(std::uint32_t crc, const unsigned char* p, std::size_t n) {
-  std::uint64_t c = crc;
-  while (n >= 8) {
-    std::uint64_t w;
-    std::memcpy(&w, p, 8);
-    c = __builtin_ia32_crc32di(c, w);
-    p += 8;
-    n -= 8;
-  }
-  auto c32 = static_cast<std::uint32_t>(c);
-  while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
-  return c32;
-}
-bool haveSse42() {
-  unsigned a, b, c, d;
-  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_2);
-}
-#endif
 
 std::uint32_t headerCrc(const Header& h, std::string_view payload) {
   std::uint32_t c = crc32c(0, reinterpret_cast<const char*>(&h) + 4, kHeader - 8);
@@ -100,18 +65,6 @@ void addLoss(v1::TelemetryLoss& into, const v1::TelemetryLoss& l) {
 }
 
 }  // namespace
-
-std::uint32_t crc32c(std::uint32_t crc, const void* data, std::size_t n) {
-  auto p = static_cast<const unsigned char*>(data);
-  crc = ~crc;
-#if defined(__x86_64__)
-  static const bool hw = haveSse42();
-  if (hw) return ~crcHw(crc, p, n);
-#endif
-  static const auto table = makeTable();
-  while (n--) crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-  return ~crc;
-}
 
 ssize_t SpoolFs::write(int fd, const void* data, std::size_t n) {
   auto p = static_cast<const char*>(data);

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "outrider/common/crc32c.hpp"
 #include "outrider/common/crypto.hpp"
 #include "outrider/common/result.hpp"
 #include "outrider/common/unique_fd.hpp"
@@ -68,8 +69,8 @@ struct JournalRecovery {
   bool clean() const { return droppedBytes == 0; }
 };
 
-/// CRC-32C (Castagnoli), as stored in each record header.
-std::uint32_t crc32c(std::string_view data);
+/// CRC-32C (Castagnoli), as stored in each record header (common/crc32c.hpp).
+using outrider::crc32c;
 
 /// The journal of one agent. Single-threaded: owned by the agent's event loop. Holds an exclusive
 /// flock on the file, so a second agent on the same state directory fails to open it.

@@ -32,13 +32,13 @@
 #include <string_view>
 #include <vector>
 
+#include "outrider/common/crc32c.hpp"
 #include "outrider/common/result.hpp"
 #include "outrider/v1/telemetry.pb.h"
 
 namespace outrider::agent {
 
-/// CRC-32C (Castagnoli), hardware-accelerated where the CPU has it.
-std::uint32_t crc32c(std::uint32_t crc, const void* data, std::size_t n);
+using outrider::crc32c;  // common/crc32c.hpp
 
 /// The file system calls the spool makes, so tests can inject failures (ENOSPC) and small disks.
 class SpoolFs {
