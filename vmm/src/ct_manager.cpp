@@ -234,7 +234,7 @@ void ContainerManager::adopt() {
       unsigned restarts = 0, consecutive = 0;
       const int n = std::sscanf(seen->c_str(), "%lld %u %u %lld", &run, &restarts, &consecutive, &next);
       if (n >= 1) c.seenRun = run;
-      if (n == 4) {  // an older vmm wrote the run only
+      if (n == 4) {  // an older vmm wrote the run only (n == 1): then the restart policy decides below
         runStateKnown = true;
         c.restarts = restarts;
         c.consecutive = consecutive;
